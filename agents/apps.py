@@ -1,0 +1,10 @@
+from django.apps import AppConfig
+
+
+class AgentsConfig(AppConfig):
+    name = "agents"
+    verbose_name = "Agents"
+
+    def ready(self) -> None:
+        # Importing the agents registers their actions.
+        from agents.specialized import devops_agent  # noqa: F401
