@@ -5,6 +5,7 @@ import logging
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, pagination, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import set_rollback
 
@@ -37,8 +38,18 @@ def _flatten(detail) -> dict:
     return out
 
 
+def _render_as_json(context) -> None:
+    # Errors are JSON even from views that render something else (the schema's YAML, the
+    # docs' HTML), so that a client parses every refusal the same way.
+    request = context.get("request")
+    if request is not None:
+        request.accepted_renderer = JSONRenderer()
+        request.accepted_media_type = JSONRenderer.media_type
+
+
 def exception_handler(exc, context):
     """Every API error as {"error": {"code", "message", "fields"}}."""
+    _render_as_json(context)
     if isinstance(exc, DomainError):
         set_rollback()
         return Response(error_body(exc.code, exc.message, exc.fields), status=exc.status)

@@ -18,6 +18,7 @@ import django_rq
 from django.db import connection, transaction
 from django.utils import timezone
 
+from core import context
 from core.actors import Actor
 from core.errors import DomainError
 from core.models import AgentToken, Job, JobLogEntry
@@ -59,9 +60,17 @@ def enqueue(
         object_id=str(obj.pk) if obj is not None else "",
     )
     job_id = str(job.pk)
+    # The request's id and source IP travel with the job, so that the audit events it writes
+    # can be traced to the request that started it.
+    info = context.current()
     transaction.on_commit(
         lambda: django_rq.get_queue(queue).enqueue(
-            "core.jobs.run_job", job_id, job_id=job_id, result_ttl=3600
+            "core.jobs.run_job",
+            job_id,
+            request_id=info.request_id,
+            source_ip=info.source_ip,
+            job_id=job_id,
+            result_ttl=3600,
         )
     )
     logger.info("job %s: %s queued on %s by %s", job_id, name, queue, actor.label)
@@ -107,13 +116,15 @@ def _actor_of(job: Job) -> Actor:
     return Actor.system(job.actor or "system")
 
 
-def run_job(job_id: str) -> dict | None:
+def run_job(job_id: str, request_id: str = "", source_ip: str | None = None) -> dict | None:
     """The RQ entry point.
 
     1. Claim the Job with a conditional UPDATE, so that a job enqueued twice runs once.
-    2. Capture log lines into the Job while the function runs.
+    2. Capture log lines into the Job while the function runs, with the starting request's id
+       and source IP as the context of the audit events it records.
     3. Record the result, or the failure with its message, and the finish time.
     """
+    # Two workers may pick up copies of one job; only the one whose UPDATE matches runs it.
     claimed = Job.objects.filter(pk=job_id, status=Job.Status.QUEUED).update(
         status=Job.Status.RUNNING, started_at=timezone.now()
     )
@@ -130,6 +141,7 @@ def run_job(job_id: str) -> dict | None:
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
     status, result, error = Job.Status.SUCCEEDED, None, ""
+    request_info = context.set_current(context.RequestInfo(request_id, source_ip))
     try:
         module_name, _, attr = job.func.rpartition(".")
         func = getattr(importlib.import_module(module_name), attr)
@@ -144,6 +156,7 @@ def run_job(job_id: str) -> dict | None:
         status, error = Job.Status.ERRORED, f"{type(exc).__name__}: {exc}"
         logger.error("job %s: errored\n%s", job.pk, traceback.format_exc())
     finally:
+        context.reset(request_info)
         root.removeHandler(handler)
         root.setLevel(previous_level)
         handler.flush()

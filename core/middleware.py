@@ -4,9 +4,9 @@ import re
 import uuid
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.db import IntegrityError, transaction
 from django.http import HttpResponse, JsonResponse
-from django.shortcuts import redirect
 
 from core import context
 from core.api import error_body
@@ -66,6 +66,8 @@ class SecurityHeadersMiddleware:
 
 # Reachable without a login: the probes, the login page, static files (served before this).
 PUBLIC_URL_NAMES = {"healthz", "readyz", "login"}
+# Under /api/ but pages for a browser: they send an anonymous visitor to the login page.
+API_PAGE_VIEW_NAMES = {"api:docs"}
 
 
 class LoginRequiredMiddleware:
@@ -78,19 +80,23 @@ class LoginRequiredMiddleware:
         return self.get_response(request)
 
     def process_view(self, request, view_func, view_args, view_kwargs):
-        if request.path.startswith("/api/"):
-            return None
         match = request.resolver_match
+        if request.path.startswith("/api/") and (
+            match is None or match.view_name not in API_PAGE_VIEW_NAMES
+        ):
+            return None
         if match is not None and match.url_name in PUBLIC_URL_NAMES:
             return None
         if request.user.is_authenticated:
             return None
+        # redirect_to_login quotes `next`, so a query string (?status=failed&page=2) survives.
+        login = redirect_to_login(request.get_full_path())
         if request.headers.get("HX-Request"):
             # An HTMX poll after the session ended: send the whole page to the login.
             response = HttpResponse(status=401)
-            response["HX-Redirect"] = f"/login/?next={request.path}"
+            response["HX-Redirect"] = login.url
             return response
-        return redirect(f"/login/?next={request.get_full_path()}")
+        return login
 
 
 class IdempotencyMiddleware:

@@ -23,6 +23,7 @@ from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFa
 from core.roles import ADMIN, ENVIRONMENTS_WRITE, SECRETS_WRITE
 from environments.models import (
     KEY_RE,
+    SERVICE_RE,
     ConfigVar,
     Environment,
     FreezeWindow,
@@ -42,6 +43,10 @@ ENVIRONMENT_FIELDS = (
     "run_endpoint",
     "monitoring_endpoint",
 )
+
+
+# Names the environments' pages use for themselves (/environments/parity/ and so on).
+RESERVED_NAMES = frozenset({"new", "parity", "promote"})
 
 
 def get_environment(name: str) -> Environment:
@@ -90,6 +95,11 @@ def check_change_allowed(
 
 def create_environment(actor: Actor, name: str, **fields) -> Environment:
     _require(actor, ADMIN)
+    if name in RESERVED_NAMES:
+        raise ValidationFailed(
+            f"{name!r} is reserved for a page of the portal.",
+            fields={"name": [f"Choose a name other than {', '.join(sorted(RESERVED_NAMES))}."]},
+        )
     env = Environment(name=name, **{k: v for k, v in fields.items() if k in ENVIRONMENT_FIELDS})
     if env.order is None:
         last = Environment.objects.order_by("-order").values_list("order", flat=True).first()
@@ -207,6 +217,15 @@ def add_freeze_window(
     return window
 
 
+def get_freeze_window(environment: Environment, pk: int) -> FreezeWindow:
+    try:
+        return FreezeWindow.objects.select_related("environment").get(
+            environment=environment, pk=pk
+        )
+    except FreezeWindow.DoesNotExist:
+        raise NotFoundError(f"{environment.name} has no freeze window {pk}.") from None
+
+
 def remove_freeze_window(actor: Actor, window: FreezeWindow, reason: str = "") -> None:
     """Lifting a freeze is an admin's call."""
     _require(actor, ADMIN)
@@ -221,7 +240,9 @@ def remove_freeze_window(actor: Actor, window: FreezeWindow, reason: str = "") -
                 "reason": reason,
             },
         )
+        pk = window.pk
         window.delete()
+    logger.info("environment %s: freeze window %s removed", window.environment.name, pk)
 
 
 # Configuration and secrets
@@ -239,6 +260,23 @@ def _check_key(key, field_name: str, errors: dict) -> None:
         errors.setdefault(field_name, []).append(
             "Expected UPPER_SNAKE_CASE: letters A-Z, digits and _, not starting with a digit."
         )
+
+
+def validate_service(service, field_name: str = "service") -> str:
+    """ "" (every service) or a Cloud Run service name."""
+    if service is None or service == "":
+        return ""
+    if not isinstance(service, str) or not SERVICE_RE.match(service):
+        raise ValidationFailed(
+            f"Invalid {field_name}.",
+            fields={
+                field_name: [
+                    "Expected a service name (lowercase letters, digits and dashes, at most "
+                    "63) or empty for every service."
+                ]
+            },
+        )
+    return service
 
 
 def validate_variables(variables, field_name: str = "variables") -> dict[str, str | None]:
@@ -324,6 +362,7 @@ def set_config(
     """Sets variables (a value of None removes the key). With `replace`, keys of that scope not
     named are removed: the given set becomes the whole configuration."""
     variables = dict(validate_variables(variables))
+    service = validate_service(service)
     with transaction.atomic():
         override = check_change_allowed(
             actor, environment, override_reason, scope=ENVIRONMENTS_WRITE
@@ -434,6 +473,7 @@ def set_secret(
     override_reason: str | None = None,
 ) -> SecretChange:
     validate_secrets({name: value}, field_name="secret")
+    service = validate_service(service)
     with transaction.atomic():
         override = check_change_allowed(actor, environment, override_reason, scope=SECRETS_WRITE)
         return _apply_secret(actor, environment, service, name, value, override)
@@ -465,6 +505,7 @@ def apply_batch(
     """Variables and secrets changed together, all or nothing."""
     variables = validate_variables(variables or {})
     secrets = validate_secrets(secrets or {})
+    service = validate_service(service)
     result = BatchResult(environment.name)
     with transaction.atomic():
         override = None
@@ -620,6 +661,12 @@ def preview_promotion(
     source: Environment, target: Environment, keys: list[str], service: str = ""
 ) -> PromotionPreview:
     """What copying `keys` from source to target would change (nothing is written)."""
+    service = validate_service(service)
+    if source.pk == target.pk:
+        raise ValidationFailed(
+            "Source and target are the same environment.",
+            fields={"target": ["Choose an environment other than the source."]},
+        )
     if not isinstance(keys, list) or not keys:
         raise ValidationFailed(
             "Choose at least one key to promote.",
@@ -666,6 +713,10 @@ def promote_config(
                 actor,
                 "config.promote",
                 target,
-                summary={"from": source.name, "keys": [c.key for c in preview.changes]},
+                summary={
+                    "from": source.name,
+                    "keys": [c.key for c in preview.changes],
+                    **({"freeze_override": override} if override else {}),
+                },
             )
     return preview

@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "django_rq",
     "core",
     "environments",
+    "releases",
     "agents",
     "ops_portal",
 ]
@@ -163,6 +164,8 @@ SPECTACULAR_SETTINGS = {
     "incidents and agent actions. Authenticate with `Authorization: Bearer <token>`.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and the docs page need a login or a token like every other endpoint.
+    "SERVE_PERMISSIONS": ["core.permissions.ScopePermission"],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,

@@ -15,6 +15,8 @@ api_v1 = [
     path("jobs/<uuid:pk>/", core_api.JobDetail.as_view(), name="job"),
     path("actions/", agents_api.ActionList.as_view(), name="actions"),
     path("actions/<uuid:pk>/", agents_api.ActionDetail.as_view(), name="action"),
+    path("environments/", include("environments.api_urls")),
+    path("", include("releases.api_urls")),
 ]
 
 urlpatterns = [
@@ -25,6 +27,7 @@ urlpatterns = [
     path("", core_views.home, name="home"),
     path("", include("core.urls")),
     path("agents/", include("agents.urls")),
+    path("environments/", include("environments.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("api/<path:rest>", api_not_found),
 ]

@@ -89,8 +89,11 @@ def test_action_needs_the_scope_of_its_change(staging, token_client):
     api = token_client("actions:run")
     response = api.post(
         "/api/v1/actions/",
-        {"agent": "devops", "action": "configure_environment",
-         "params": {"environment": "staging"}},
+        {
+            "agent": "devops",
+            "action": "configure_environment",
+            "params": {"environment": "staging"},
+        },
         format="json",
     )
     assert response.status_code == 403
