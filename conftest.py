@@ -100,6 +100,12 @@ def api_for():
 
 
 @pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    """Password hashing is slow by design; tests hash many persona passwords."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def _clean_redis():
     """Every test starts with empty queues and an empty cache (throttle counters)."""
     try:

@@ -108,13 +108,33 @@ def _venv_on_path() -> None:
     os.environ["PATH"] = f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+def ensure_haproxy() -> None:
+    """localcloud's data plane is HAProxy (Debian package haproxy): installed here when
+    missing and we are root, else a one-line instruction."""
+    import shutil
+
+    if shutil.which("haproxy") or os.path.exists("/usr/sbin/haproxy"):
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        _say("installing haproxy (localcloud's data plane) with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "haproxy"], check=True, env=env)
+        return
+    sys.exit("localcloud needs HAProxy: run `sudo apt-get install haproxy`, then `make run`.")
+
+
 def run() -> None:
     _venv_on_path()
+    ensure_haproxy()
     os.environ["DATABASE_URL"] = pick_database("ops_portal")
     os.environ["REDIS_URL"] = pick_redis()
     os.environ.setdefault("DEBUG", "0")
     os.environ["DEMO_PASSWORD"] = demo_password()
     port = os.environ.setdefault("PORT", "8000")
+    os.environ.setdefault("LOCALCLOUD_RUN_PORT", "8081")
+    os.environ.setdefault("LOCALCLOUD_MONITORING_PORT", "8082")
+    os.environ.setdefault("LOCALCLOUD_STATE_DIR", str(VAR / "localcloud"))
     manage("migrate", "--no-input")
     manage("collectstatic", "--no-input", "--verbosity", "0")
     manage("seed_demo")

@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "core",
     "environments",
     "releases",
+    "monitoring",
     "agents",
     "ops_portal",
 ]

@@ -17,6 +17,7 @@ api_v1 = [
     path("actions/<uuid:pk>/", agents_api.ActionDetail.as_view(), name="action"),
     path("environments/", include("environments.api_urls")),
     path("", include("releases.api_urls")),
+    path("", include("monitoring.api_urls")),
 ]
 
 urlpatterns = [
@@ -28,6 +29,8 @@ urlpatterns = [
     path("", include("core.urls")),
     path("agents/", include("agents.urls")),
     path("environments/", include("environments.urls")),
+    path("", include("releases.urls")),
+    path("", include("monitoring.urls")),
     path("api/v1/", include((api_v1, "api"))),
     path("api/<path:rest>", api_not_found),
 ]

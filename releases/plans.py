@@ -45,7 +45,9 @@ DEFAULT_PARAMS = {
     Strategy.PROGRESSIVE: {"duration_s": 120, "increments": 4, "analysis": DEFAULT_TEMPLATE},
 }
 
-# The built-in analysis template: error rate at most 2% and p95 latency within 1.5x stable.
+# The built-in analysis template: error rate at most 2% and p95 latency within 1.5x stable
+# or within 25 ms of it, whichever is looser, so that a 1 ms baseline does not fail a release
+# on noise.
 DEFAULT_TEMPLATE_METRICS = [
     {
         "name": "error-rate",
@@ -62,6 +64,7 @@ DEFAULT_TEMPLATE_METRICS = [
         "kind": "latency",
         "percentile": 95,
         "max_ratio_to_stable": 1.5,
+        "slack_ms": 25,
         "interval_s": 5,
         "count": 3,
         "failure_limit": 1,

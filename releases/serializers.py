@@ -62,6 +62,17 @@ class DeployRequestSerializer(serializers.Serializer):
         required=False, default="", allow_blank=True, max_length=300
     )
 
+    def validate(self, attrs):
+        # A misspelt key ("stratgy", "dryrun") would otherwise be dropped in silence and the
+        # deployment would run with the defaults the client meant to change.
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            expected = ", ".join(self.fields)
+            raise serializers.ValidationError(
+                {key: [f"Unknown field; expected: {expected}."] for key in unknown}
+            )
+        return attrs
+
 
 class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)

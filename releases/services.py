@@ -576,7 +576,8 @@ def promote(actor: Actor, deployment: Deployment, full: bool = False) -> Deploym
         d = _locked(deployment)
         _refuse_state(d, "promote", (Status.RUNNING, Status.PAUSED))
         step = d.current_step_def or {}
-        d.step_state = {**d.step_state, "promoted": True, "promote_full": full}
+        # "resumed" cleared: a promote skips an analysis that a resume would run again.
+        d.step_state = {**d.step_state, "promoted": True, "promote_full": full, "resumed": False}
         if d.status == Status.PAUSED:
             d.status = Status.RUNNING
             d.reason = ""
@@ -638,17 +639,29 @@ def abort(actor: Actor, deployment: Deployment, reason: str = "") -> Deployment:
 
 
 def retry(actor: Actor, deployment: Deployment) -> Deployment:
-    """A new deployment of the same release, strategy and steps."""
+    """A new deployment of the same release, strategy and steps (a retried rollback is a
+    rollback again: no promotion order, no approval)."""
+    _require(actor, DEPLOYMENTS_WRITE)
     d = deployment
     _refuse_state(d, "retry", (Status.FAILED, Status.ABORTED))
-    check = check_deployment(actor, d.service, d.environment, d.release, d.strategy, None)
+    check = check_deployment(
+        actor, d.service, d.environment, d.release, d.strategy, None, is_rollback=d.is_rollback
+    )
     check.steps = d.steps
     if check.refusals:
         first = check.refusals[0]
         error = Conflict if first.status == 409 else ValidationFailed
         raise error("; ".join(r.message for r in check.refusals), code=first.code)
-    _require(actor, DEPLOYMENTS_WRITE)
-    return _create(actor, d.service, d.environment, d.release, d.strategy, check)
+    return _create(
+        actor,
+        d.service,
+        d.environment,
+        d.release,
+        d.strategy,
+        check,
+        is_rollback=d.is_rollback,
+        rollback_of=d.rollback_of,
+    )
 
 
 def rollback(

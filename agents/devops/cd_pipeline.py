@@ -151,7 +151,10 @@ def _advance(d: Deployment, created) -> None:
         _roll_back_traffic(d, d.step_state["abort"], Status.ABORTED, ctx)
         return
     if d.step_state.get("promote_full") and d.new_revision:
-        finalize_at = next(i for i, s in enumerate(d.steps) if s["type"] == "finalize")
+        # A rollback's plan has no finalize step: then the plan simply ends.
+        finalize_at = next(
+            (i for i, s in enumerate(d.steps) if s["type"] == "finalize"), len(d.steps)
+        )
         ctx.set_traffic(100)
         d.current_step = finalize_at
         ctx.record("promoted", "promoted to 100%: remaining steps skipped")
@@ -302,6 +305,10 @@ def _roll_back_traffic(
 ) -> None:
     """All traffic back to the stable revision, then the deployment ends with `status`."""
     ctx = ctx or _context(d)
+    if d.new_revision and not d.stable_revision:
+        # The first revision of the service serves everything; say so rather than let the
+        # reason suggest traffic went back somewhere.
+        reason = f"{reason}; no earlier revision to go back to: {d.new_revision} keeps serving"
     if d.stable_revision and d.new_revision and d.stable_revision != d.new_revision:
         try:
             ctx.adapter.set_traffic(d.service.name, {d.stable_revision: 100})
@@ -332,19 +339,28 @@ def _roll_back_traffic(
 
 
 def reconcile(now=None, grace_s: float = 15) -> list[int]:
-    """Re-enqueues running deployments whose tick is overdue by more than grace_s."""
+    """Re-enqueues running deployments whose tick is overdue by more than grace_s; returns
+    the ids of those it enqueued."""
     now = now or timezone.now()
-    overdue = Deployment.objects.filter(
-        status=Status.RUNNING, next_tick_at__lt=now - timedelta(seconds=grace_s)
-    ).values_list("pk", flat=True)
-    ids = list(overdue)
+    cutoff = now - timedelta(seconds=grace_s)
+    overdue = Deployment.objects.filter(status=Status.RUNNING, next_tick_at__lt=cutoff)
+    ids = list(overdue.values_list("pk", flat=True))
+    enqueued = []
     for pk in ids:
         with transaction.atomic():
-            d = Deployment.objects.select_for_update(skip_locked=True).filter(pk=pk).first()
+            # Checked again under the lock: a tick that ran since the query above may have
+            # finished the deployment or scheduled its next tick, and enqueuing one more
+            # then would start a second chain of ticks.
+            d = (
+                Deployment.objects.select_for_update(skip_locked=True)
+                .filter(pk=pk, status=Status.RUNNING, next_tick_at__lt=cutoff)
+                .first()
+            )
             if d is None:
-                continue  # a tick holds it: it is not lost
+                continue  # a tick holds it (it is not lost), or one ran meanwhile
             logger.warning(
                 "deployment %s: tick overdue since %s, enqueued again", pk, d.next_tick_at
             )
             release_services.schedule_tick(d, 0)
-    return ids
+            enqueued.append(pk)
+    return enqueued

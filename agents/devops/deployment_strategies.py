@@ -193,7 +193,9 @@ def measure(
                 threshold,
                 "no stable revision: nothing to compare with",
             )
-        limit = float(metric["max_ratio_to_stable"]) * max(stable.value, 1.0)
+        # A slack in ms keeps a fast baseline (1-2 ms) from failing a release on noise.
+        slack = float(metric.get("slack_ms", 25))
+        limit = max(float(metric["max_ratio_to_stable"]) * stable.value, stable.value + slack)
         if value > limit:
             return Check(
                 "fail",
@@ -202,7 +204,8 @@ def measure(
                 new.sample_count,
                 threshold,
                 f"{metric['name']} {value:.4g} above {limit:.4g} "
-                f"({metric['max_ratio_to_stable']} x stable {stable.value:.4g})",
+                f"({metric['max_ratio_to_stable']} x stable {stable.value:.4g}, "
+                f"at least +{slack:g} ms)",
             )
         return Check("pass", value, stable.value, new.sample_count, threshold, "")
     return Check("pass", value, None, new.sample_count, threshold, "")
@@ -243,23 +246,42 @@ def run_analysis(ctx: StepContext, d: Deployment, step: dict) -> Outcome:
     state = d.step_state
     now = time.time()
     run = AnalysisRun.objects.filter(pk=state.get("run")).first() if state.get("run") else None
+    if state.get("promoted") and not state.get("resumed"):
+        # An operator's promote decides what the analysis could not (or need not): skip it.
+        # A resume also sets "promoted" (to end pauses) but asks to measure again instead.
+        if run is not None and run.result == AnalysisRun.Result.RUNNING:
+            _end_run(run, "inconclusive", "skipped: promoted by an operator")
+        ctx.record("analysis_skipped", f"analysis '{step['template']}' skipped: promoted")
+        return Outcome.next()
     if run is None or state.get("resumed"):
         metrics = template_metrics(step["template"])
         run = AnalysisRun.objects.create(
             deployment=d, step_index=d.current_step, template=step["template"], metrics=metrics
         )
         interval = min(float(m.get("interval_s", 10)) for m in metrics)
-        state.update({"run": run.pk, "next_at": now + interval, "resumed": False})
+        # A fresh run counts from zero: a resumed run that kept the last run's counts paused
+        # again at its first measurement, whatever that measured.
+        state.update(
+            {
+                "run": run.pk,
+                "next_at": now + interval,
+                "resumed": False,
+                "promoted": False,
+                "counts": {},
+            }
+        )
         ctx.record(
             "analysis_started",
             f"analysis '{step['template']}' started ({len(metrics)} checks, every {interval:g} s)",
             run=run.pk,
         )
-        if step.get("preview_load"):
-            send_preview_load(state.get("tag_uri", ""), int(step["preview_load"]))
         return Outcome.wait(interval)
     if now < state["next_at"] - 0.05:
         return Outcome.wait(state["next_at"] - now)
+    if step.get("preview_load"):
+        # Sent right before measuring: load sent a tick earlier falls outside the window a
+        # measurement reads (one interval back), and the preview was judged on no traffic.
+        send_preview_load(state.get("tag_uri", ""), int(step["preview_load"]))
 
     counts = state.setdefault("counts", {})
     due = []
@@ -306,8 +328,6 @@ def run_analysis(ctx: StepContext, d: Deployment, step: dict) -> Outcome:
         return Outcome.next()
     interval = min(float(m.get("interval_s", 10)) for m in run.metrics)
     state["next_at"] = now + interval
-    if step.get("preview_load"):
-        send_preview_load(state.get("tag_uri", ""), int(step["preview_load"]))
     return Outcome.wait(interval)
 
 

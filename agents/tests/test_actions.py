@@ -98,3 +98,60 @@ def test_action_needs_the_scope_of_its_change(staging, token_client):
     )
     assert response.status_code == 403
     assert "environments:write" in response.json()["error"]["message"]
+
+
+def test_deploy_application_requests_a_deployment_through_the_same_checks(
+    staging, system_actor, token_client, run_worker, django_capture_on_commit_callbacks
+):
+    from releases import services as release_services
+    from releases.models import Deployment
+
+    service = release_services.register_service(system_actor, "shop")
+    release_services.register_release(
+        system_actor, service, "2.0.0", "python app.py", ci_status="passed"
+    )
+    release_services.register_release(
+        system_actor,
+        service,
+        "2.0.1",
+        "python app.py",
+        ci_status="failed",
+        ci_url="https://ci.example.test/9",
+    )
+    api = token_client("actions:run", "deployments:write", "read")
+
+    def start(version):
+        with django_capture_on_commit_callbacks(execute=True):
+            response = api.post(
+                "/api/v1/actions/",
+                {
+                    "agent": "devops",
+                    "action": "deploy_application",
+                    "params": {
+                        "service": "shop",
+                        "environment": "staging",
+                        "version": version,
+                        "strategy": "canary",
+                    },
+                },
+                format="json",
+            )
+        assert response.status_code == 202, response.json()
+        run_worker("deploy")
+        return api.get(f"/api/v1/actions/{response.json()['id']}/").json()
+
+    refused = start("2.0.1")
+    assert refused["status"] == "failed"
+    assert "https://ci.example.test/9" in refused["error"]
+    assert not Deployment.objects.exists()
+
+    done = start("2.0.0")
+    assert done["status"] == "succeeded", done
+    deployment = Deployment.objects.get(pk=done["result"]["deployment"])
+    assert (deployment.service.name, deployment.environment.name, deployment.strategy) == (
+        "shop",
+        "staging",
+        "canary",
+    )
+    assert deployment.status == "running"
+    assert deployment.requested_by == "token:test-agent"

@@ -8,12 +8,6 @@ from django.utils import timezone
 from environments import services
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    # The personas' passwords are hashed once per test; the real hasher costs 0.25 s each.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def staging(db, system_actor):
     return services.create_environment(system_actor, "staging", order=20)

@@ -1,7 +1,9 @@
 """The portal's clock: runs the periodic duties of the agents, beside the RQ worker.
 
 Every few seconds it re-enqueues deployments whose tick is overdue (a lost RQ job, a killed
-worker, a Redis restart), so a rollout is delayed but never lost.
+worker, a Redis restart), so a rollout is delayed but never lost; it also enqueues the health
+checks that are due, an alert-policy evaluation every minute and an hourly prune of old
+samples (agents.devops.health.run_due).
 """
 
 import logging
@@ -23,6 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, interval, once, **options):
         from agents.devops import cd_pipeline
+        from agents.devops import health as monitoring_duties
 
         stopping = False
 
@@ -41,6 +44,11 @@ class Command(BaseCommand):
                     self.stdout.write(f"clock: re-enqueued deployments {ids}")
             except Exception:
                 logger.exception("clock: reconcile failed; trying again next round")
+            try:
+                for line in monitoring_duties.run_due():
+                    self.stdout.write(f"clock: {line}")
+            except Exception:
+                logger.exception("clock: monitoring duties failed; trying again next round")
             if once:
                 break
             time.sleep(interval)

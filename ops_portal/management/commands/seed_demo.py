@@ -1,6 +1,8 @@
-"""Demo data for `make run`: environments, users of each role, a little configuration.
+"""Demo data for `make run`: environments, users of each role, the example service with
+releases (one deliberately bad), and its first release rolled out to every environment.
 Running it again changes nothing that exists (it is idempotent)."""
 
+import os
 import secrets
 
 from django.conf import settings
@@ -12,28 +14,60 @@ from core.actors import Actor
 from core.roles import ROLES
 from environments import services as env_services
 from environments.models import Environment
+from releases import services as release_services
+from releases.models import Deployment, Release, Service
 
 ENVIRONMENTS = [
     ("dev", 10, False, "Where every release lands first."),
     ("staging", 20, False, "Production-like; releases soak here before production."),
     ("production", 30, True, "Customer traffic. Changes need an approver."),
 ]
+DEMO_SERVICE = "demo"
+ARTIFACT = "python examples/demo_service.py"
+RELEASES = [
+    ("1.0.0", {}, "passed", "The first release."),
+    ("1.1.0", {}, "passed", "A good release: try a canary with it."),
+    (
+        "1.2.0",
+        {"ERROR_RATE": "0.3"},
+        "passed",
+        "Deliberately bad: 30% of requests fail. A canary catches it and rolls it back.",
+    ),
+    ("1.3.0", {}, "failed", "Its CI run failed: the portal refuses to deploy it."),
+]
+# Quicker than the built-in defaults so the demo moves in a minute or two, still analysed.
+DEMO_CANARY = {
+    "steps": [
+        {"set_weight": 25},
+        {"analysis": {"template": "default"}},
+        {"set_weight": 50},
+        {"analysis": {"template": "default"}},
+        {"set_weight": 100},
+    ]
+}
 
 
 class Command(BaseCommand):
-    help = "Create demo environments, users (admin, operator, approver, viewer) and config."
+    help = "Create demo environments, users, the example service and its releases."
 
     def add_arguments(self, parser):
-        parser.add_argument("--run-endpoint", default="http://127.0.0.1:8081")
-        parser.add_argument("--monitoring-endpoint", default="127.0.0.1:8082")
+        run_port = os.environ.get("LOCALCLOUD_RUN_PORT", "8081")
+        mon_port = os.environ.get("LOCALCLOUD_MONITORING_PORT", "8082")
+        parser.add_argument("--run-endpoint", default=f"http://127.0.0.1:{run_port}")
+        parser.add_argument("--monitoring-endpoint", default=f"127.0.0.1:{mon_port}")
+        parser.add_argument(
+            "--no-deploy", action="store_true", help="Do not roll the first release out."
+        )
 
-    def handle(self, *args, run_endpoint, monitoring_endpoint, **options):
+    def handle(self, *args, run_endpoint, monitoring_endpoint, no_deploy, **options):
         actor = Actor.system("seed_demo")
         with transaction.atomic():
             for role in ROLES:
                 Group.objects.get_or_create(name=role)
+            envs = []
             for name, order, protected, description in ENVIRONMENTS:
-                if not Environment.objects.filter(name=name).exists():
+                env = Environment.objects.filter(name=name).first()
+                if env is None:
                     env = env_services.create_environment(
                         actor,
                         name,
@@ -41,7 +75,7 @@ class Command(BaseCommand):
                         protected=protected,
                         description=description,
                         platform="localcloud",
-                        gcp_project="demo-project",
+                        gcp_project=f"demo-{name}",
                         region="local",
                         run_endpoint=run_endpoint,
                         monitoring_endpoint=monitoring_endpoint,
@@ -54,26 +88,84 @@ class Command(BaseCommand):
                             "FEATURE_NEW_CHECKOUT": "on" if name == "dev" else "off",
                         },
                     )
+                envs.append(env)
+            users = self._users()
+            service = self._service(actor)
 
-            password = settings.DEMO_PASSWORD
-            generated = False
-            created = []
-            for role in ROLES:
-                user, was_created = User.objects.get_or_create(username=role)
-                if was_created:
-                    if not password:
-                        password, generated = secrets.token_urlsafe(12), True
-                    user.set_password(password)
-                    user.email = f"{role}@example.test"
-                    user.save()
-                    user.groups.add(Group.objects.get(name=role))
-                    created.append(role)
+        if not no_deploy and not Deployment.objects.filter(service=service).exists():
+            self._first_rollout(actor, service, envs, users)
+        self.stdout.write(
+            f"demo service '{service.name}': releases "
+            f"{', '.join(service.releases.values_list('version', flat=True))}"
+        )
 
+    def _users(self) -> dict:
+        password = settings.DEMO_PASSWORD
+        generated = False
+        created = []
+        users = {}
+        for role in ROLES:
+            user, was_created = User.objects.get_or_create(username=role)
+            if was_created:
+                if not password:
+                    password, generated = secrets.token_urlsafe(12), True
+                user.set_password(password)
+                user.email = f"{role}@example.test"
+                user.save()
+                user.groups.add(Group.objects.get(name=role))
+                created.append(role)
+            users[role] = user
         if created:
             shown = password if generated or settings.DEMO_PASSWORD else "(DEMO_PASSWORD)"
             self.stdout.write(f"demo users created: {', '.join(created)}; password: {shown}")
         else:
             self.stdout.write(
-                "demo data present; users unchanged (set passwords with "
-                "`python manage.py changepassword NAME`)"
+                "demo users present (set a password with `python manage.py changepassword NAME`)"
             )
+        return users
+
+    def _service(self, actor: Actor) -> Service:
+        release_services.ensure_default_template()
+        service = Service.objects.filter(name=DEMO_SERVICE).first()
+        if service is None:
+            service = release_services.register_service(
+                actor,
+                DEMO_SERVICE,
+                description="The example service (examples/demo_service.py)",
+                repository_url="https://example.test/ops-portal/demo",
+                health_path="/healthz",
+                default_strategy="canary",
+                default_steps={"canary": DEMO_CANARY},
+                owners="platform-team",
+            )
+        for version, env, ci_status, notes in RELEASES:
+            if not Release.objects.filter(service=service, version=version).exists():
+                release_services.register_release(
+                    actor,
+                    service,
+                    version,
+                    ARTIFACT,
+                    env=env,
+                    ci_status=ci_status,
+                    ci_url=f"https://ci.example.test/demo/{version}",
+                    notes=notes,
+                    commit_sha=secrets.token_hex(20),
+                )
+        return service
+
+    def _first_rollout(self, actor, service, envs, users) -> None:
+        """1.0.0 everywhere, so that canaries have a stable revision to compare with. The
+        rollouts run in the worker once it starts."""
+        first = Release.objects.get(service=service, version="1.0.0")
+        for env in envs:
+            deployment = release_services.request_deployment(
+                actor,
+                service,
+                env,
+                first,
+                "all_at_once",
+                override_reason="demo bootstrap: first release everywhere",
+            )
+            if deployment.status == Deployment.Status.AWAITING_APPROVAL:
+                release_services.approve(Actor.for_user(users["approver"]), deployment)
+            self.stdout.write(f"deployment #{deployment.pk}: {first} -> {env.name} queued")

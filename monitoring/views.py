@@ -1,0 +1,285 @@
+"""Monitoring pages: the overview dashboard, incidents, on-call, a service's health, logs
+and dashboard export. Each view parses, calls one service function (or one read) and
+renders; one view serves a full page and, to HTMX, its fragment (templates/htmx/mon_*)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Case, IntegerField, Value, When
+from django.http import Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from core.actors import actor_for
+from core.errors import DomainError
+from core.roles import INCIDENTS_WRITE, role_for_scope
+from environments.models import Environment
+from monitoring import dashboards, forms, services
+from monitoring.models import AlertPolicy, Incident
+from releases.models import Service
+
+
+def _forbidden(request, scope: str):
+    return render(request, "core/forbidden.html", {"need": role_for_scope(scope)}, status=403)
+
+
+def _htmx(request) -> bool:
+    return request.headers.get("HX-Request") == "true"
+
+
+def _incident(pk: int) -> Incident:
+    try:
+        return services.get_incident(pk)
+    except DomainError:
+        raise Http404(f"No incident #{pk}.") from None
+
+
+def overview(request):
+    """Services x environments; HTMX polls the table every 10 s."""
+    data = dashboards.overview()
+    template = "htmx/mon_overview.html" if _htmx(request) else "monitoring/overview.html"
+    return render(request, template, {"overview": data})
+
+
+def oncall(request):
+    """Open incidents: unacknowledged first, then by severity and age; and the ones I lead."""
+    actor = actor_for(request)
+    unacknowledged_first = Case(
+        When(state__in=Incident.UNACKNOWLEDGED, then=Value(0)),
+        default=Value(1),
+        output_field=IntegerField(),
+    )
+    incidents = list(
+        services.open_incidents()
+        .select_related("commander")
+        .prefetch_related("services", "environments")
+        .order_by(unacknowledged_first, "severity", "opened_at")
+    )
+    mine = [i for i in incidents if actor.user_id and i.commander_id == actor.user_id]
+    context = {"incidents": incidents, "mine": mine, "now": timezone.now()}
+    template = "htmx/mon_oncall.html" if _htmx(request) else "monitoring/oncall.html"
+    return render(request, template, context)
+
+
+def incident_list(request):
+    form = forms.IncidentFilterForm(request.GET or None)
+    incidents = Incident.objects.select_related("commander").prefetch_related(
+        "services", "environments"
+    )
+    if form.is_valid():
+        data = form.cleaned_data
+        if data["state"] == "open":
+            incidents = incidents.filter(state__in=Incident.OPEN)
+        elif data["state"]:
+            incidents = incidents.filter(state=data["state"])
+        if data["severity"]:
+            incidents = incidents.filter(severity=data["severity"])
+        if data["service"]:
+            incidents = incidents.filter(services__name=data["service"])
+        if data["environment"]:
+            incidents = incidents.filter(environments__name=data["environment"])
+    page = Paginator(incidents.distinct(), 50).get_page(request.GET.get("page"))
+    return render(request, "monitoring/incidents.html", {"form": form, "page": page})
+
+
+def incident_create(request):
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    form = forms.IncidentForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            opened = services.open_incident(
+                actor,
+                data["title"],
+                severity=data["severity"],
+                services=list(data["services"]),
+                environments=list(data["environments"]),
+                description=data["description"],
+            )
+        except DomainError as exc:
+            form.add_error(None, exc.message)
+        else:
+            messages.success(request, f"Incident #{opened.incident.pk} opened.")
+            return redirect("monitoring:incident", pk=opened.incident.pk)
+    return render(
+        request, "monitoring/incident_form.html", {"form": form}, status=400 if form.errors else 200
+    )
+
+
+def _incident_context(request, incident: Incident) -> dict:
+    return {
+        "incident": incident,
+        "events": list(incident.events.all()),
+        "changes": services.what_changed(incident),
+        "pairs": [(s, e) for s in incident.services.all() for e in incident.environments.all()],
+        "now": timezone.now(),
+    }
+
+
+def incident_detail(request, pk: int):
+    incident = _incident(pk)
+    context = _incident_context(request, incident)
+    context.update(
+        note_form=forms.NoteForm(auto_id="note-%s"),
+        edit_form=forms.IncidentEditForm(
+            initial={
+                "severity": incident.severity,
+                "commander": incident.commander.get_username() if incident.commander else "",
+            },
+            auto_id="edit-%s",
+        ),
+        postmortem_form=forms.PostmortemForm(
+            initial={f: getattr(incident, f) for f in services.POSTMORTEM_FIELDS},
+            auto_id="pm-%s",
+        ),
+    )
+    return render(request, "monitoring/incident.html", context)
+
+
+def incident_timeline(request, pk: int):
+    """The part of the incident page that refreshes itself: state, timeline, what changed."""
+    incident = _incident(pk)
+    return render(request, "htmx/mon_incident_live.html", _incident_context(request, incident))
+
+
+@require_POST
+def incident_action(request, pk: int, action: str):
+    """acknowledge, resolve, reopen, note, edit, postmortem, rollback, freeze."""
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    incident = _incident(pk)
+    post = request.POST
+    try:
+        if action == "acknowledge":
+            services.acknowledge(actor, incident)
+            done = "Acknowledged."
+        elif action == "resolve":
+            services.resolve(actor, incident, post.get("note", ""))
+            done = "Resolved. Write the postmortem below."
+        elif action == "reopen":
+            services.reopen(actor, incident, post.get("note", ""))
+            done = "Reopened."
+        elif action == "note":
+            services.add_event(actor, incident, "note", post.get("message", ""))
+            done = "Note added."
+        elif action == "edit":
+            form = forms.IncidentEditForm(post)
+            if not form.is_valid():
+                raise DomainError("Invalid severity or commander.")
+            services.update_incident(actor, incident, **form.cleaned_data)
+            done = "Saved."
+        elif action == "postmortem":
+            form = forms.PostmortemForm(post)
+            form.is_valid()
+            services.update_incident(actor, incident, **form.cleaned_data)
+            done = "Postmortem saved."
+        elif action == "rollback":
+            d = services.remediate_rollback(
+                actor, incident, post.get("service", ""), post.get("environment", "")
+            )
+            done = f"Rollback #{d.pk} to {d.release.version} started."
+        elif action == "freeze":
+            window = services.remediate_freeze(
+                actor, incident, post.get("service", ""), post.get("environment", "")
+            )
+            done = (
+                f"{window.environment.name} frozen until {window.ends_at:%H:%M} UTC "
+                "(every service there)."
+            )
+        else:
+            raise Http404(f"No incident action {action!r}.")
+    except DomainError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, done)
+    return redirect("monitoring:incident", pk=incident.pk)
+
+
+def alert_policies(request):
+    policies = AlertPolicy.objects.select_related("service", "environment")
+    return render(request, "monitoring/alert_policies.html", {"policies": policies})
+
+
+def _service(name: str) -> Service:
+    service = Service.objects.filter(name=name).first()
+    if service is None:
+        raise Http404(f"No service named {name!r}.")
+    return service
+
+
+def _environment(request) -> Environment:
+    name = request.GET.get("environment")
+    environments = Environment.objects.all()
+    environment = environments.filter(name=name).first() if name else environments.first()
+    if environment is None:
+        raise Http404(f"No environment named {name!r}." if name else "No environment yet.")
+    return environment
+
+
+def service_health(request, name: str):
+    """Charts over ?range=1h|6h|24h|7d with deployment markers, and the health checks."""
+    service = _service(name)
+    environment = _environment(request)
+    range_key = request.GET.get("range", "1h")
+    if range_key not in dashboards.RANGES:
+        range_key = "1h"
+    data = dashboards.service_page(service, environment, range_key)
+    chart_data = {
+        "series": data["series"],
+        "markers": data["markers"],
+        "agent": data["agent"],
+        "history": data["history"],
+        "since": data["since"].timestamp() * 1000,
+        "until": timezone.now().timestamp() * 1000,
+    }
+    context = {
+        "service": service,
+        "environment": environment,
+        "environments": Environment.objects.all(),
+        "range": range_key,
+        "ranges": list(dashboards.RANGES),
+        "chart_data": chart_data,
+        **data,
+    }
+    return render(request, "monitoring/service_health.html", context)
+
+
+def service_logs(request, name: str):
+    """The service's revision logs: ?environment=&q=&since=&revision= (HTMX: the list)."""
+    service = _service(name)
+    environment = _environment(request)
+    form = forms.LogFilterForm(request.GET or None)
+    q, since, revision = "", None, ""
+    if form.is_valid():
+        q = form.cleaned_data["q"]
+        since = form.cleaned_data["since"]
+        revision = form.cleaned_data["revision"]
+    since = since or timezone.now() - timedelta(hours=1)
+    logs = dashboards.service_logs(
+        environment, service.name, revision=revision or None, since=since, query=q or None
+    )
+    context = {
+        "service": service,
+        "environment": environment,
+        "environments": Environment.objects.all(),
+        "form": form,
+        "logs": logs,
+        "since": since,
+    }
+    template = "htmx/mon_logs.html" if _htmx(request) else "monitoring/logs.html"
+    return render(request, template, context)
+
+
+def service_dashboard_export(request, name: str):
+    """A Cloud Monitoring dashboard JSON for the service, as a download."""
+    service = _service(name)
+    response = JsonResponse(dashboards.cloud_dashboard(service), json_dumps_params={"indent": 2})
+    response["Content-Disposition"] = f'attachment; filename="{service.name}-dashboard.json"'
+    return response
