@@ -53,11 +53,13 @@ class LoginView(auth_views.LoginView):
 
 
 def home(request):
-    """The landing page: the environments, the first thing an operator looks for."""
-    try:
-        return redirect(reverse("environments:list"))
-    except NoReverseMatch:
-        return redirect(reverse("core:jobs"))
+    """The landing page: the health dashboard, what on-call looks at first."""
+    for name in ("monitoring:dashboard", "environments:list", "core:jobs"):
+        try:
+            return redirect(reverse(name))
+        except NoReverseMatch:
+            continue
+    return redirect("/jobs/")
 
 
 def _page(request, queryset, per_page=50):

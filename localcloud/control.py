@@ -923,12 +923,17 @@ class ControlPlane:
                     r.revision_id for r in self._service_revisions_locked(state.service.name)
                 ]
                 sid = state.service_id
+                project = state.service.name.split("/")[1]
                 specs.append(
-                    ProxySpec(_proxy_name(state.service.name), state.port, sid, None, servers)
+                    ProxySpec(
+                        _proxy_name(state.service.name), state.port, sid, None, servers, project
+                    )
                 )
                 for tag, port in state.tag_ports.items():
                     specs.append(
-                        ProxySpec(_proxy_name(state.service.name, tag), port, sid, tag, servers)
+                        ProxySpec(
+                            _proxy_name(state.service.name, tag), port, sid, tag, servers, project
+                        )
                     )
         return specs
 

@@ -87,6 +87,7 @@ class ProxySpec:
     service: str
     tag: str | None
     servers: list[str]
+    project: str = ""
 
 
 class HAProxyError(RuntimeError):
@@ -120,7 +121,7 @@ class HAProxy:
         self._lock = threading.RLock()
         self._proxies: dict[str, Proxy] = {}
         # Every proxy name ever served, so lines from a process being replaced still parse.
-        self._proxy_routes: dict[str, tuple[str, str | None]] = {}
+        self._proxy_routes: dict[str, tuple[str, str | None, str]] = {}
         self._current: _Instance | None = None
         self._instances: list[_Instance] = []  # the current one and any still finishing
         self._generation = 0
@@ -140,7 +141,7 @@ class HAProxy:
                     state = old.servers.get(server) if old and old.port == spec.port else None
                     proxy.servers[server] = state or self._known_server_state(server)
                 proxies[spec.name] = proxy
-                self._proxy_routes[spec.name] = (spec.service, spec.tag)
+                self._proxy_routes[spec.name] = (spec.service, spec.tag, spec.project)
             changed = _signature(proxies) != _signature(self._proxies)
             previous, self._proxies = self._proxies, proxies
             if not changed and (self._current is not None or not proxies):
@@ -394,6 +395,7 @@ class HAProxy:
             tag=route[1],
             status=status_code,
             latency_ms=latency,
+            project=route[2],
         )
 
     def _read_stderr(self, instance: _Instance) -> None:

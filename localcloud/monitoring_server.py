@@ -920,6 +920,7 @@ class MonitoringService:
             end,
             service=flt.equality("resource", "service_name"),
             revision=flt.equality("resource", "revision_name"),
+            project=project,
         )
         by_key: dict[tuple[str, str, int], Series] = {}
         for r in records:

@@ -23,6 +23,7 @@ class RequestRecord:
     tag: str | None  # the tag URL the request came through, None for the service URL
     status: int  # HTTP status code returned to the client
     latency_ms: float  # total time from request received to response sent
+    project: str = ""  # the Google project of the service: environments differ by project
 
 
 class RequestLog:
@@ -72,8 +73,10 @@ class RequestLog:
         end: float,
         service: str | None = None,
         revision: str | None = None,
+        project: str | None = None,
     ) -> list[RequestRecord]:
-        """Records with start < timestamp <= end, optionally for one service or revision."""
+        """Records with start < timestamp <= end, optionally for one project, service or
+        revision."""
         with self._lock:
             lo = bisect.bisect_right(self._times, start)
             hi = bisect.bisect_right(self._times, end)
@@ -83,6 +86,8 @@ class RequestLog:
             for r in window
             if (service is None or r.service == service)
             and (revision is None or r.revision == revision)
+            # A record without a project (written before projects were kept) matches any.
+            and (project is None or r.project in (project, ""))
         ]
 
     def prune(self, now: float | None = None) -> int:

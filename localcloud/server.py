@@ -83,13 +83,8 @@ class LocalCloud:
         return self
 
     def _start_monitoring(self) -> None:
-        try:
-            from localcloud.monitoring_server import serve
-        except ImportError:
-            # TODO: the Monitoring API is another module's; until it exists there is no
-            # monitoring_endpoint, and the portal's metrics have no local source.
-            logger.warning("localcloud: monitoring_server not available, no Monitoring API")
-            return
+        from localcloud.monitoring_server import serve
+
         self._monitoring, self.monitoring_port = serve(
             self._monitoring_port, self.request_log, self.state_dir
         )

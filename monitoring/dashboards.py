@@ -261,7 +261,10 @@ def _agent_series(service: Service, environment: Environment, since: datetime, s
     per metric name, at most 6 names)."""
     labels = {"service": service.name, "environment": environment.name}
     names = list(
-        metrics.MetricRollup.objects.filter(minute__gte=since, labels__contains=labels)
+        # Names seen in the last hour: cheap to find, and what an agent posts now.
+        metrics.MetricRollup.objects.filter(
+            minute__gte=timezone.now() - timedelta(hours=1), labels__contains=labels
+        )
         .values_list("name", flat=True)
         .distinct()[:6]
     )
@@ -290,13 +293,13 @@ def _check_history(checks: list[HealthCheck], since: datetime, step: int) -> dic
         HealthCheckResult.objects.filter(health_check__in=checks, checked_at__gte=since)
         .annotate(bucket=bucket)
         .values("health_check_id", "bucket")
-        .annotate(ok=Count("pk", filter=Q(ok=True)), failed=Count("pk", filter=Q(ok=False)))
+        .annotate(n_ok=Count("pk", filter=Q(ok=True)), n_failed=Count("pk", filter=Q(ok=False)))
         .order_by("health_check_id", "bucket")
     )
     history: dict[int, list] = {}
     for row in rows:
         history.setdefault(row["health_check_id"], []).append(
-            [row["bucket"].timestamp() * 1000, row["ok"], row["failed"]]
+            [row["bucket"].timestamp() * 1000, row["n_ok"], row["n_failed"]]
         )
     return {str(c.pk): {"label": c.path, "points": history.get(c.pk, [])} for c in checks}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -261,7 +262,11 @@ class MetricRollup(models.Model):
                 fields=["name", "labels_key", "minute"], name="metric_rollup_once"
             )
         ]
-        indexes = [models.Index(fields=["name", "minute"], name="metric_rollup_name_minute")]
+        indexes = [
+            models.Index(fields=["name", "minute"], name="metric_rollup_name_minute"),
+            # Service pages ask for {"service": ..., "environment": ...} over days.
+            GinIndex(fields=["labels"], opclasses=["jsonb_path_ops"], name="metric_rollup_labels"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name}{self.labels_key}@{self.minute}"

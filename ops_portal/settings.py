@@ -184,3 +184,15 @@ LOGGING = {
 
 # Demo data and the embedded services (make run).
 DEMO_PASSWORD = env_str("DEMO_PASSWORD")
+
+# Monitoring: default notification channels for incidents not opened by an alert policy,
+# webhook delivery, and how long samples and health-check results are kept.
+PORTAL_BASE_URL = env_str("PORTAL_BASE_URL", "http://127.0.0.1:8000")
+MONITORING_WEBHOOK_URL = env_str("MONITORING_WEBHOOK_URL", "")
+MONITORING_NOTIFY_EMAILS = env_list("MONITORING_NOTIFY_EMAILS", "")
+MONITORING_WEBHOOK_ATTEMPTS = env_int("MONITORING_WEBHOOK_ATTEMPTS", 4, minimum=1)
+MONITORING_SAMPLE_RETENTION_DAYS = env_int("MONITORING_SAMPLE_RETENTION_DAYS", 8, minimum=1)
+MONITORING_ROLLUP_RETENTION_DAYS = env_int("MONITORING_ROLLUP_RETENTION_DAYS", 35, minimum=1)
+MONITORING_HEALTH_RETENTION_DAYS = env_int("MONITORING_HEALTH_RETENTION_DAYS", 8, minimum=1)
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "ops-portal@localhost")

@@ -178,6 +178,8 @@ class DeploymentDetailSerializer(DeploymentListSerializer):
                 state = "done"
             elif i == d.current_step and d.is_active:
                 state = "current"
+            elif i == d.current_step and d.status in ("failed", "aborted"):
+                state = d.status  # where the rollout stopped
             else:
                 state = "pending" if d.is_active or d.status == "succeeded" else "skipped"
             out.append({**step, "index": i, "state": state, "description": describe_step(step)})

@@ -486,19 +486,28 @@ def record_event(
     )
 
 
+class PlatformUnavailable(Exception):
+    """The platform could not be asked (misconfigured, unreachable, or an API error)."""
+
+
 def platform_state(service: Service, environment: Environment):
     """The service as the platform reports it (revisions, traffic, URLs), or None when it is
-    not deployed there. Read through the adapter the deployment engine uses."""
+    not deployed there; PlatformUnavailable (with the reason) when the platform cannot tell.
+    Pages call this: the adapter gives up on a dead platform after a few seconds."""
     from importlib import import_module
+
+    from google.api_core import exceptions as gexc
 
     # releases never imports agents; the adapter is looked up by name like a job.
     cd = import_module("agents.devops.cd_pipeline")
-    adapter, _ = cd.platform_for_environment(environment)
     try:
+        adapter, _ = cd.platform_for_environment(environment, quick=True)
         return adapter.get_service_state(service.name)
-    except Exception:
-        logger.info("service %s: no state in %s", service.name, environment.name, exc_info=True)
+    except gexc.NotFound:
         return None
+    except Exception as exc:
+        logger.info("service %s: no state from %s: %s", service.name, environment.name, exc)
+        raise PlatformUnavailable(str(exc)) from exc
 
 
 # Operator actions

@@ -89,7 +89,7 @@ class _Lookup:
     def _run(self, service: Service, environment: Environment) -> None:
         try:
             self.state = services.platform_state(service, environment)
-        except Exception as exc:  # a misconfigured platform fails before the adapter's try
+        except services.PlatformUnavailable as exc:
             logger.warning(
                 "service %s: no platform state in %s: %s", service.name, environment.name, exc
             )

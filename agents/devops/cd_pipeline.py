@@ -33,19 +33,32 @@ MAX_STEPS_PER_TICK = 20
 # the deployment with the error, traffic back on stable.
 MAX_ERRORS = 5
 
-_adapters: dict[PlatformConfig, tuple[CloudRunAdapter, MetricsReader]] = {}
+_adapters: dict[tuple[PlatformConfig, bool], tuple[CloudRunAdapter, MetricsReader]] = {}
+# Pages read the platform with a short retry budget: a dead platform must make a page say
+# "no answer" in a few seconds, not wait out the engine's minute of retries.
+QUICK_RETRY_S = 3.0
 
 
 def platform_for(deployment: Deployment) -> tuple[CloudRunAdapter, MetricsReader]:
     return platform_for_environment(deployment.environment)
 
 
-def platform_for_environment(environment) -> tuple[CloudRunAdapter, MetricsReader]:
-    """The adapters of an environment's platform, built once per platform settings."""
+def platform_for_environment(
+    environment, quick: bool = False
+) -> tuple[CloudRunAdapter, MetricsReader]:
+    """The adapters of an environment's platform, built once per platform settings. `quick`
+    adapters give up on an unreachable platform after a few seconds (for pages)."""
     config = PlatformConfig(**environment.platform_settings())
-    if config not in _adapters:
-        _adapters[config] = (CloudRunAdapter(config), MetricsReader(config))
-    return _adapters[config]
+    key = (config, quick)
+    if key not in _adapters:
+        if quick:
+            _adapters[key] = (
+                CloudRunAdapter(config, retry_timeout_s=QUICK_RETRY_S),
+                MetricsReader(config, retry_timeout_s=QUICK_RETRY_S),
+            )
+        else:
+            _adapters[key] = (CloudRunAdapter(config), MetricsReader(config))
+    return _adapters[key]
 
 
 def _load(pk: int, lock: bool) -> Deployment | None:

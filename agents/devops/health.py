@@ -25,6 +25,7 @@ from google.cloud import monitoring_v3
 from google.protobuf import duration_pb2
 
 from agents.devops import cd_pipeline
+from agents.devops.cloud_run import CloudRunAdapter
 from agents.devops.monitoring import (
     REQUEST_COUNT,
     REQUEST_LATENCIES,
@@ -68,6 +69,18 @@ def _reader(environment: Environment) -> MetricsReader:
     return cd_pipeline.platform_for_environment(environment)[1]
 
 
+_quick_adapters: dict[PlatformConfig, CloudRunAdapter] = {}
+
+
+def _quick_adapter(environment: Environment) -> CloudRunAdapter:
+    """A Cloud Run adapter that retries for PAGE_TIMEOUT_S only (the engine's retries for a
+    minute): pages and probes answer fast when the platform is down."""
+    config = _config(environment)
+    if config not in _quick_adapters:
+        _quick_adapters[config] = CloudRunAdapter(config, retry_timeout_s=PAGE_TIMEOUT_S)
+    return _quick_adapters[config]
+
+
 # --- Probing health checks ------------------------------------------------------------------
 
 
@@ -84,8 +97,7 @@ class ProbeResult:
 def _probe_url(check: HealthCheck) -> str:
     if check.base_url:
         return check.base_url.rstrip("/") + check.path
-    adapter, _ = cd_pipeline.platform_for_environment(check.environment)
-    state = adapter.get_service_state(check.service.name)
+    state = _quick_adapter(check.environment).get_service_state(check.service.name)
     if not state.uri:
         raise RuntimeError(f"service {check.service.name} has no URL in {check.environment.name}")
     return state.uri.rstrip("/") + check.path
@@ -590,7 +602,7 @@ def revision_logs(
     limit: int = 200,
 ) -> dict:
     """Log lines of a revision (or of every revision serving traffic), newest last."""
-    adapter, _ = cd_pipeline.platform_for_environment(environment)
+    adapter = _quick_adapter(environment)
     try:
         if revision:
             revisions = [revision]

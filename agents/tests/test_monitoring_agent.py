@@ -2,6 +2,9 @@
 service; handle_incidents rolls back a recent deployment behind an open incident, or
 notifies. Also the health checks' consecutive-failure incidents and the clock's duties."""
 
+# Fixtures are imported from another app's conftest; tests name them as arguments.
+# ruff: noqa: F811
+
 from datetime import timedelta
 
 import pytest
@@ -50,7 +53,9 @@ def test_a_check_failing_n_times_in_a_row_opens_one_incident(check, health_serve
     assert incident.key == f"health:{check.pk}" and incident.severity == "sev2"
     kinds = list(incident.events.values_list("kind", flat=True))
     assert kinds == ["opened", "health_check_failed", "health_check_failed"]
-    assert "failed 3 times in a row: HTTP 503 (expected HTTP 200)" in incident.events.all()[1].message
+    assert (
+        "failed 3 times in a row: HTTP 503 (expected HTTP 200)" in incident.events.all()[1].message
+    )
 
     health_server.status = 200
     health.run_checks([check])

@@ -56,6 +56,9 @@ def test_an_operator_changes_config_and_sees_it_in_parity(
             page.fill("#id_username", "oscar")
             page.fill("#id_password", PASSWORD)
             page.click("button[type=submit]")
+            # Logged in, the operator lands on the dashboard and opens the environments.
+            expect(page.locator("h1")).to_have_text("Dashboard")
+            page.click("nav.top >> text=Environments")
             expect(page.locator("h1")).to_have_text("Environments")
 
             page.click("text=staging")

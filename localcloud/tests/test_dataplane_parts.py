@@ -20,8 +20,8 @@ from localcloud.requestlog import RequestRecord
 
 def test_haproxy_request_lines_become_request_records(tmp_path):
     proxy = HAProxy(tmp_path, request_log=None)
-    proxy._proxy_routes["p.l.web"] = ("web", None)
-    proxy._proxy_routes["p.l.web.canary"] = ("web", "canary")
+    proxy._proxy_routes["p.l.web"] = ("web", None, "p")
+    proxy._proxy_routes["p.l.web.canary"] = ("web", "canary", "p")
 
     assert proxy._parse("1790000000.250 p.l.web web-00001-abc 200 12") == RequestRecord(
         timestamp=1790000000.262,
@@ -30,6 +30,7 @@ def test_haproxy_request_lines_become_request_records(tmp_path):
         tag=None,
         status=200,
         latency_ms=12.0,
+        project="p",
     )
     assert proxy._parse("1790000000.250 p.l.web.canary <NOSRV> 503 0").revision == ""
     assert proxy._parse("1790000000.250 p.l.web.canary <NOSRV> 503 0").tag == "canary"

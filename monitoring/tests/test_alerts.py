@@ -35,7 +35,9 @@ def _traffic(server, service="web", ok=20, errors=10):
     now = time.time()
     for i in range(ok + errors):
         status = 500 if i < errors else 200
-        server.log.append(RequestRecord(now - 5 + i * 0.1, service, f"{service}-1", None, status, 12.0))
+        server.log.append(
+            RequestRecord(now - 5 + i * 0.1, service, f"{service}-1", None, status, 12.0)
+        )
 
 
 def _policy(api, webhook: str, **extra):
@@ -71,7 +73,9 @@ def test_a_firing_policy_opens_one_incident_and_notifies_once(
     policy_id = created.json()["id"]
     run_worker("default")  # the sync to Cloud Monitoring
     policy = AlertPolicy.objects.get(pk=policy_id)
-    assert policy.cloud_name.startswith("projects/test-live/alertPolicies/"), policy.cloud_sync_error
+    assert policy.cloud_name.startswith("projects/test-live/alertPolicies/"), (
+        policy.cloud_sync_error
+    )
     client = alert_policy_client(PlatformConfig(**live.platform_settings()))
     stored = client.get_alert_policy(name=policy.cloud_name)
     assert stored.display_name == "ops-portal: web errors"
@@ -164,8 +168,15 @@ def test_policy_api_validation_detail_and_delete(token_client, api_for, victor, 
     api = token_client(READ, INCIDENTS_WRITE)
     bad = api.post(
         URL,
-        {"name": "x", "service": "nope", "environment": "live", "metric": "error_rate",
-         "comparison": "!=", "threshold": "high", "emails": "not-an-address"},
+        {
+            "name": "x",
+            "service": "nope",
+            "environment": "live",
+            "metric": "error_rate",
+            "comparison": "!=",
+            "threshold": "high",
+            "emails": "not-an-address",
+        },
         format="json",
     )
     assert bad.status_code == 400

@@ -52,10 +52,20 @@ def test_service_health_page_and_export(client_for, victor, admin_actor, web, en
     make_deployment(web, envs["dev"], "1.0.0")
     token_client(METRICS_WRITE).post(
         "/api/v1/metrics/",
-        {"samples": [{"name": "queue_depth", "labels": {"service": "web", "environment": "dev"},
-                      "value": 4, "timestamp": __import__("time").time() - 60}]},
+        {
+            "samples": [
+                {
+                    "name": "queue_depth",
+                    "labels": {"service": "web", "environment": "dev"},
+                    "value": 4,
+                    "timestamp": __import__("time").time() - 60,
+                }
+            ]
+        },
         format="json",
     )
+    check = services.create_health_check(admin_actor, web, envs["dev"], path="/healthz")
+    services.record_health_result(check, False, status_code=503)
     browser = client_for(victor)
     page = browser.get("/services/web/health/?environment=dev&range=6h")
     assert page.status_code == 200
@@ -66,6 +76,7 @@ def test_service_health_page_and_export(client_for, victor, admin_actor, web, en
     data = json.loads(html.split('type="application/json">')[1].split("</script>")[0])
     assert data["markers"][0]["label"].endswith("1.0.0")
     assert list(data["agent"]) == ["queue_depth"]
+    assert data["history"][str(check.pk)]["points"][0][1:] == [0, 1]
     assert browser.get("/services/nope/health/").status_code == 404
 
     export = browser.get("/services/web/dashboard.json")
@@ -74,9 +85,10 @@ def test_service_health_page_and_export(client_for, victor, admin_actor, web, en
     titles = [t["widget"]["title"] for t in dashboard["mosaicLayout"]["tiles"]]
     assert titles[0] == "Request rate (req/s)" and "Latency p95 (ms)" in titles
     flt = dashboard["mosaicLayout"]["tiles"][0]["widget"]["xyChart"]["dataSets"][0]
-    assert 'resource.labels.service_name = "web"' in flt["timeSeriesQuery"]["timeSeriesFilter"][
-        "filter"
-    ]
+    assert (
+        'resource.labels.service_name = "web"'
+        in flt["timeSeriesQuery"]["timeSeriesFilter"]["filter"]
+    )
 
 
 def test_logs_view_says_when_logs_are_unavailable(client_for, victor, web, envs):

@@ -38,7 +38,9 @@ def test_an_open_sev1_holds_deployments_but_not_rollbacks(api_for, oscar, alice,
     assert f"Incident #{incident.pk} (SEV1: checkout errors)" in error["message"]
 
     # A SEV3 elsewhere does not hold; a rollback passes the SEV1.
-    rollback = operator.post("/api/v1/services/web/rollback/", {"environment": "dev"}, format="json")
+    rollback = operator.post(
+        "/api/v1/services/web/rollback/", {"environment": "dev"}, format="json"
+    )
     assert rollback.status_code in (200, 201, 202), rollback.json()
     assert Deployment.objects.filter(is_rollback=True).count() == 1
     kinds = list(incident.events.values_list("kind", flat=True))
@@ -88,7 +90,9 @@ def test_a_failed_deployment_opens_one_incident_with_its_rollback(web, envs):
     assert [k for k, _ in events] == ["opened", "deployment_failed", "rolled_back"]
     assert "web-00001" in events[2][1]
     # A person's abort opens nothing.
-    aborted = make_deployment(web, envs["dev"], "2.0.1", status="aborted", reason="aborted by oscar")
+    aborted = make_deployment(
+        web, envs["dev"], "2.0.1", status="aborted", reason="aborted by oscar"
+    )
     assert services.incident_for_failed_deployment(aborted) is None
 
 

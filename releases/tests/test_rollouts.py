@@ -60,3 +60,17 @@ def test_good_canary_goes_to_100_and_bad_canary_is_rolled_back(
     assert [t.new_percent for t in bad.traffic.all()] == [20, 0]
     assert all(_version_served(state.uri) == "1.1.0" for _ in range(20))
     assert load.failed == 0, load.statuses
+    # The step where analysis stopped the rollout is marked failed; the later ones skipped.
+    from releases.serializers import DeploymentDetailSerializer
+
+    steps = DeploymentDetailSerializer(bad).data["steps"]
+    assert [s["state"] for s in steps] == [
+        "done",
+        "done",
+        "failed",
+        "skipped",
+        "skipped",
+        "skipped",
+        "skipped",
+    ]
+    assert steps[2]["type"] == "analysis"

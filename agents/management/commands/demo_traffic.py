@@ -41,7 +41,7 @@ class Command(BaseCommand):
                 close_old_connections()
                 targets = []
                 for env in Environment.objects.all():
-                    adapter, _ = platform_for_environment(env)
+                    adapter, _ = platform_for_environment(env, quick=True)
                     for service in Service.objects.all():
                         try:
                             state = adapter.get_service_state(service.name)
