@@ -7,4 +7,8 @@ class AgentsConfig(AppConfig):
 
     def ready(self) -> None:
         # Importing the agents registers their actions.
+        from agents.devops.readers import QuickPlatformReader
         from agents.specialized import devops_agent  # noqa: F401
+        from releases import platform
+
+        platform.register(QuickPlatformReader())

@@ -1,13 +1,12 @@
 """What the dashboards show, assembled in a fixed number of queries however many services
-there are. Platform metrics come from the agent layer's cached, short-timeout reads, looked
-up by name (monitoring never imports agents, as releases.services.platform_state does)."""
+there are. Platform metrics come from the agent layer's cached, short-timeout reads, through the
+reader it registers with releases.platform (monitoring never imports agents)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from importlib import import_module
 
 from django.db.models import Count, Q
 from django.utils import timezone
@@ -15,6 +14,7 @@ from django.utils import timezone
 from environments.models import Environment
 from monitoring import metrics
 from monitoring.models import HealthCheck, HealthCheckResult, Incident
+from releases import platform
 from releases.models import Deployment, Service
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ RANGES = {"1h": (3600, 60), "6h": (21600, 300), "24h": (86400, 900), "7d": (6048
 
 
 def _health():
-    return import_module("agents.devops.health")
+    return platform.reader()
 
 
 def platform_overview(environment: Environment) -> dict:
@@ -372,3 +372,47 @@ def service_logs(environment: Environment, service: str, **kwargs) -> dict:
     except Exception as exc:
         logger.warning("service %s: logs failed", service, exc_info=True)
         return {"ok": False, "error": type(exc).__name__, "entries": []}
+
+
+# The deployment page's chart: the new against the stable revision during a rollout
+
+REVISION_ROLES = ("new", "stable")
+
+
+def revisions_chart(
+    service: Service,
+    environment: Environment,
+    revisions: list[str],
+    since: datetime,
+    until: datetime,
+) -> dict:
+    """Error rate and p95 latency per revision, keyed "new <revision>" and "stable <revision>"
+    (in the order given) for the chart's legend; has_data is False when the platform answered
+    nothing or had no request of these revisions in the window."""
+    try:
+        series = _health().revision_series(environment, service.name, revisions, since, until)
+    except Exception:  # the chart shows "no data" rather than a 500
+        logger.warning("service %s: revision series failed", service.name, exc_info=True)
+        series = {"ok": False, "error": "unavailable"}
+    labels = {
+        rev: f"{REVISION_ROLES[i]} {rev}" if i < len(REVISION_ROLES) else rev
+        for i, rev in enumerate(revisions)
+    }
+
+    def by_label(points: dict) -> dict:
+        return {labels[rev]: points[rev] for rev in revisions if points.get(rev)}
+
+    error_rate = by_label(series.get("error_rate", {})) if series["ok"] else {}
+    latency = by_label(series.get("latency_p95", {})) if series["ok"] else {}
+    return {
+        "ok": series["ok"],
+        "error": series.get("error", ""),
+        "has_data": bool(error_rate or latency),
+        "requests": {labels[r]: n for r, n in series.get("requests", {}).items() if r in labels},
+        "chart_data": {
+            "series": {"error_rate": error_rate, "latency": {"p95": latency}},
+            "markers": [],
+            "since": since.timestamp() * 1000,
+            "until": until.timestamp() * 1000,
+        },
+    }

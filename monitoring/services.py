@@ -1010,19 +1010,20 @@ HEALTH_FIELDS = (
 )
 
 
-def create_health_check(
-    actor: Actor, service: Service, environment: Environment, **fields
-) -> HealthCheck:
+def get_health_check(pk) -> HealthCheck:
+    check = HealthCheck.objects.select_related("service", "environment").filter(pk=pk).first()
+    if check is None:
+        raise NotFoundError(f"No health check {pk}.")
+    return check
+
+
+def _check_health(check: HealthCheck) -> None:
     from django.core.exceptions import ValidationError
 
-    _require(actor, INCIDENTS_WRITE)
-    unknown = set(fields) - set(HEALTH_FIELDS)
-    if unknown:
-        raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
-    check = HealthCheck(service=service, environment=environment, created_by=actor.label, **fields)
-    errors: dict = {}
+    errors: dict[str, list[str]] = {}
     try:
-        check.full_clean(exclude=["created_by"], validate_unique=False)
+        # Uniqueness is the database's to decide (see _save_check), named on the path field.
+        check.full_clean(exclude=["created_by"], validate_unique=False, validate_constraints=False)
     except ValidationError as exc:
         errors = exc.message_dict
     if not check.path.startswith("/"):
@@ -1033,15 +1034,31 @@ def create_health_check(
         errors.setdefault("timeout_s", []).append("Expected 0.1 to 60 seconds.")
     if errors:
         raise ValidationFailed("Invalid health check: " + ", ".join(errors), fields=errors)
+
+
+def _save_check(check: HealthCheck) -> None:
+    try:
+        with transaction.atomic():
+            check.save()
+    except IntegrityError:
+        raise Conflict(
+            f"{check.service.name} already has a check of {check.path} in "
+            f"{check.environment.name}.",
+            fields={"path": ["Must be unique per service and environment."]},
+        ) from None
+
+
+def create_health_check(
+    actor: Actor, service: Service, environment: Environment, **fields
+) -> HealthCheck:
+    _require(actor, INCIDENTS_WRITE)
+    unknown = set(fields) - set(HEALTH_FIELDS)
+    if unknown:
+        raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
+    check = HealthCheck(service=service, environment=environment, created_by=actor.label, **fields)
+    _check_health(check)
     with transaction.atomic():
-        try:
-            with transaction.atomic():
-                check.save()
-        except IntegrityError:
-            raise Conflict(
-                f"{service.name} already has a check of {check.path} in {environment.name}.",
-                fields={"path": ["Must be unique per service and environment."]},
-            ) from None
+        _save_check(check)
         audit.record(
             actor,
             "health_check.create",
@@ -1052,11 +1069,36 @@ def create_health_check(
     return check
 
 
+def update_health_check(actor: Actor, check: HealthCheck, **fields) -> HealthCheck:
+    """Changes a check's fields, service or environment; the audit event lists what changed."""
+    _require(actor, INCIDENTS_WRITE)
+    unknown = set(fields) - {"service", "environment", *HEALTH_FIELDS}
+    if unknown:
+        raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
+    with transaction.atomic():
+        c = HealthCheck.objects.select_for_update().select_related("service", "environment")
+        c = c.get(pk=check.pk)
+        changes = {}
+        for key, value in fields.items():
+            old = getattr(c, key)
+            if old != value:
+                changes[key] = {"from": str(old), "to": str(value)}
+                setattr(c, key, value)
+        _check_health(c)
+        if changes:
+            _save_check(c)
+            audit.record(actor, "health_check.update", c, summary=changes)
+            logger.info("health check %s: %s changed by %s", c.pk, sorted(changes), actor.label)
+    return c
+
+
 def delete_health_check(actor: Actor, check: HealthCheck) -> None:
     _require(actor, INCIDENTS_WRITE)
     with transaction.atomic():
         audit.record(actor, "health_check.delete", check, summary={"path": check.path})
+        pk = check.pk
         check.delete()
+    logger.info("health check %s: deleted by %s", pk, actor.label)
 
 
 def claim_due_health_checks(now: datetime | None = None, limit: int = 500) -> list[int]:

@@ -1,5 +1,6 @@
-"""Monitoring pages: the overview dashboard, incidents, on-call, a service's health, logs
-and dashboard export. Each view parses, calls one service function (or one read) and
+"""Monitoring pages: the overview dashboard, incidents, on-call, alert policies and health
+checks (with their forms), a service's health, logs, dashboard export, and the deployment
+page's revisions chart. Each view parses, calls one service function (or one read) and
 renders; one view serves a full page and, to HTMX, its fragment (templates/htmx/mon_*)."""
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from core.errors import DomainError
 from core.roles import INCIDENTS_WRITE, role_for_scope
 from environments.models import Environment
 from monitoring import dashboards, forms, services
-from monitoring.models import AlertPolicy, Incident
-from releases.models import Service
+from monitoring.models import AlertPolicy, HealthCheck, Incident
+from releases.models import Deployment, Service
 
 
 def _forbidden(request, scope: str):
@@ -202,9 +203,152 @@ def incident_action(request, pk: int, action: str):
     return redirect("monitoring:incident", pk=incident.pk)
 
 
+def _show_errors(form, exc: DomainError) -> None:
+    """The service's field errors next to the form's fields; its message on top otherwise."""
+    placed = False
+    for name, errors in exc.fields.items():
+        if name in form.fields:
+            for error in errors:
+                form.add_error(name, error)
+            placed = True
+    if not placed:
+        form.add_error(None, exc.message)
+
+
+def _policy(pk: int) -> AlertPolicy:
+    try:
+        return services.get_alert_policy(pk)
+    except DomainError:
+        raise Http404(f"No alert policy {pk}.") from None
+
+
+def _check(pk: int) -> HealthCheck:
+    try:
+        return services.get_health_check(pk)
+    except DomainError:
+        raise Http404(f"No health check {pk}.") from None
+
+
 def alert_policies(request):
+    """The policies; a POST (incidents:write) creates one from the form under the list."""
+    actor = actor_for(request)
+    form = forms.AlertPolicyForm(request.POST or None, auto_id="policy-%s")
+    if request.method == "POST":
+        if not actor.allows(INCIDENTS_WRITE):
+            return _forbidden(request, INCIDENTS_WRITE)
+        if form.is_valid():
+            try:
+                policy = services.create_alert_policy(actor, **form.cleaned_data)
+            except DomainError as exc:
+                _show_errors(form, exc)
+            else:
+                messages.success(request, f"Alert policy {policy.name} created.")
+                return redirect("monitoring:alert-policies")
     policies = AlertPolicy.objects.select_related("service", "environment")
-    return render(request, "monitoring/alert_policies.html", {"policies": policies})
+    return render(
+        request,
+        "monitoring/alert_policies.html",
+        {"policies": policies, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+def alert_policy_edit(request, pk: int):
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    policy = _policy(pk)
+    form = forms.AlertPolicyForm(
+        request.POST or None, initial=forms.AlertPolicyForm.initial_for(policy), auto_id="policy-%s"
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            policy = services.update_alert_policy(actor, policy, **form.cleaned_data)
+        except DomainError as exc:
+            _show_errors(form, exc)
+        else:
+            messages.success(request, f"Alert policy {policy.name} saved.")
+            return redirect("monitoring:alert-policies")
+    return render(
+        request,
+        "monitoring/alert_policy_form.html",
+        {"policy": policy, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@require_POST
+def alert_policy_delete(request, pk: int):
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    policy = _policy(pk)
+    services.delete_alert_policy(actor, policy)
+    messages.success(request, f"Alert policy {policy.name} deleted.")
+    return redirect("monitoring:alert-policies")
+
+
+def health_checks(request):
+    """Every health check with its status; a POST (incidents:write) creates one."""
+    actor = actor_for(request)
+    form = forms.HealthCheckForm(request.POST or None, auto_id="check-%s")
+    if request.method == "POST":
+        if not actor.allows(INCIDENTS_WRITE):
+            return _forbidden(request, INCIDENTS_WRITE)
+        if form.is_valid():
+            data = dict(form.cleaned_data)
+            try:
+                check = services.create_health_check(
+                    actor, data.pop("service"), data.pop("environment"), **data
+                )
+            except DomainError as exc:
+                _show_errors(form, exc)
+            else:
+                messages.success(request, f"Health check {check} created.")
+                return redirect("monitoring:health-checks")
+    checks = HealthCheck.objects.select_related("service", "environment")
+    return render(
+        request,
+        "monitoring/health_checks.html",
+        {"checks": checks, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+def health_check_edit(request, pk: int):
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    check = _check(pk)
+    form = forms.HealthCheckForm(
+        request.POST or None, initial=forms.HealthCheckForm.initial_for(check), auto_id="check-%s"
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            check = services.update_health_check(actor, check, **form.cleaned_data)
+        except DomainError as exc:
+            _show_errors(form, exc)
+        else:
+            messages.success(request, f"Health check {check} saved.")
+            return redirect("monitoring:health-checks")
+    return render(
+        request,
+        "monitoring/health_check_form.html",
+        {"check": check, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@require_POST
+def health_check_delete(request, pk: int):
+    actor = actor_for(request)
+    if not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    check = _check(pk)
+    label = str(check)
+    services.delete_health_check(actor, check)
+    messages.success(request, f"Health check {label} deleted.")
+    return redirect("monitoring:health-checks")
 
 
 def _service(name: str) -> Service:
@@ -283,3 +427,41 @@ def service_dashboard_export(request, name: str):
     response = JsonResponse(dashboards.cloud_dashboard(service), json_dumps_params={"indent": 2})
     response["Content-Disposition"] = f'attachment; filename="{service.name}-dashboard.json"'
     return response
+
+
+def revisions_chart(request, name: str):
+    """The deployment page's chart fragment: error rate and p95 latency of ?revisions=new,stable
+    in ?environment= from ?since= until ?until= (or now). With ?deployment=, it refreshes itself
+    every 10 s while that deployment is active, ends the window when it finished, and charts
+    the deployment's own revisions when ?revisions= is empty."""
+    service = _service(name)
+    form = forms.RevisionsChartForm(request.GET)
+    if not form.is_valid():
+        context = {"service": service, "form": form, "chart": None, "live": False}
+        return render(request, "htmx/mon_revisions_chart.html", context, status=400)
+    query = form.cleaned_data
+    environment = Environment.objects.filter(name=query["environment"]).first()
+    if environment is None:
+        raise Http404(f"No environment named {query['environment']!r}.")
+    revisions, until, live = query["revisions"], query["until"], query["until"] is None
+    deployment = None
+    if query["deployment"]:
+        deployment = Deployment.objects.filter(pk=query["deployment"], service=service).first()
+    if deployment is not None:
+        # A page opened before the engine created the new revision learns it on a refresh.
+        if not revisions and deployment.new_revision:
+            revisions = [r for r in (deployment.new_revision, deployment.stable_revision) if r]
+        if not deployment.is_active:
+            live = False
+            until = until or deployment.finished_at
+    until = until or timezone.now()
+    chart = dashboards.revisions_chart(service, environment, revisions, query["since"], until)
+    context = {
+        "service": service,
+        "environment": environment,
+        "revisions": revisions,
+        "chart": chart,
+        "live": live,
+        "url": request.get_full_path(),
+    }
+    return render(request, "htmx/mon_revisions_chart.html", context)

@@ -205,14 +205,16 @@ class DeploymentAction(APIView):
 
 
 class ServiceRollback(APIView):
-    """POST {environment, reason}: the previous successful release of that environment back
-    at 100%, skipping analysis, as one traffic update."""
+    """POST /services/<name>/environments/<env>/rollback/ {reason} (or /services/<name>/
+    rollback/ {environment, reason}): the previous successful release of that environment
+    back at 100%, skipping analysis, as one traffic update."""
 
     scopes = {"POST": DEPLOYMENTS_WRITE}
 
     @extend_schema(request=RollbackSerializer, responses={201: DeploymentDetailSerializer})
-    def post(self, request, name):
-        body = RollbackSerializer(data=request.data)
+    def post(self, request, name, env=None):
+        data = request.data if env is None else {**request.data, "environment": env}
+        body = RollbackSerializer(data=data)
         body.is_valid(raise_exception=True)
         service = services.get_service(name)
         environment = get_environment(body.validated_data["environment"])

@@ -23,7 +23,7 @@ from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFa
 from core.models import Job
 from core.roles import APPROVE, DEPLOYMENTS_WRITE, RELEASES_WRITE
 from environments.models import Environment
-from releases import gates, plans
+from releases import gates, plans, platform
 from releases.models import (
     AnalysisTemplate,
     Deployment,
@@ -494,15 +494,10 @@ def platform_state(service: Service, environment: Environment):
     """The service as the platform reports it (revisions, traffic, URLs), or None when it is
     not deployed there; PlatformUnavailable (with the reason) when the platform cannot tell.
     Pages call this: the adapter gives up on a dead platform after a few seconds."""
-    from importlib import import_module
-
     from google.api_core import exceptions as gexc
 
-    # releases never imports agents; the adapter is looked up by name like a job.
-    cd = import_module("agents.devops.cd_pipeline")
     try:
-        adapter, _ = cd.platform_for_environment(environment, quick=True)
-        return adapter.get_service_state(service.name)
+        return platform.reader().service_state(service.name, environment)
     except gexc.NotFound:
         return None
     except Exception as exc:

@@ -768,3 +768,16 @@ def test_retrying_a_failed_rollback_is_a_rollback_again(web, oscar, api_for):
     assert (response.json()["status"], response.json()["is_rollback"]) == (S.RUNNING, True)
     assert [s["type"] for s in response.json()["steps"]] == ["rollback"]
     assert Deployment.objects.get(pk=response.json()["id"]).rollback_of == current
+
+
+def test_rollback_by_environment_path_names_an_unknown_environment(web, oscar, api_for):
+    api = api_for(oscar)
+
+    unknown = api.post("/api/v1/services/web/environments/nowhere/rollback/", {}, format="json")
+    assert unknown.status_code == 404
+    assert error(unknown)["fields"] == {"environment": ["No such environment."]}
+
+    deployment("1.0.0", "dev", new_revision="web-r1")
+    nothing = api.post("/api/v1/services/web/environments/dev/rollback/", {}, format="json")
+    assert nothing.status_code == 409
+    assert error(nothing)["code"] == "nothing_to_roll_back"

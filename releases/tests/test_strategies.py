@@ -64,8 +64,8 @@ def test_blue_green_previews_switches_keeps_the_old_revision_then_rolls_back(
     assert versions(uri) == {"1.1.0"}
 
     response = api_for(alice).post(
-        f"/api/v1/services/{svc.name}/rollback/",
-        {"environment": "dev", "reason": "checkout errors"},
+        f"/api/v1/services/{svc.name}/environments/dev/rollback/",
+        {"reason": "checkout errors"},
         format="json",
     )
     assert response.status_code == 201, response.json()

@@ -1,7 +1,8 @@
 // Charts of the monitoring pages, drawn with the vendored Chart.js from data in a
 // <script type="application/json"> block (the CSP allows no inline script).
 // A canvas names its data with data-source (the JSON block's id) and data-chart (a path
-// in it: "request_rate", "latency.p95", "agent", "history").
+// in it: "request_rate", "latency.p95", "agent", "history"). Used by the service health page
+// and by the deployment page's revisions chart (an HTMX fragment that refreshes itself).
 (function () {
   "use strict";
   var PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#be185d"];
@@ -12,11 +13,12 @@
     }, data);
   }
 
-  function hhmm(ms) {
+  function hhmm(ms, withSeconds) {
     var d = new Date(ms);
     var pad = function (n) { return (n < 10 ? "0" : "") + n; };
-    return (d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
+    var text = (d.getUTCMonth() + 1) + "-" + pad(d.getUTCDate()) + " " +
       pad(d.getUTCHours()) + ":" + pad(d.getUTCMinutes());
+    return withSeconds ? text + ":" + pad(d.getUTCSeconds()) : text;
   }
 
   // Deployment markers: a dashed vertical line per deployment.
@@ -73,6 +75,8 @@
     var data = JSON.parse(source.textContent);
     var path = canvas.getAttribute("data-chart");
     var series = path === "history" || path === "agent" ? data[path] : pick(data.series, path);
+    // A rollout lasts minutes: its ticks need seconds to tell apart.
+    var withSeconds = data.until - data.since < 3600 * 1000;
     canvas.chart = new window.Chart(canvas, {
       type: "line",
       data: { datasets: datasets(series, path) },
@@ -80,7 +84,7 @@
         animation: false, parsing: false, responsive: true, maintainAspectRatio: false,
         scales: {
           x: { type: "linear", min: data.since, max: data.until,
-               ticks: { maxTicksLimit: 6, callback: function (v) { return hhmm(v); } } },
+               ticks: { maxTicksLimit: 6, callback: function (v) { return hhmm(v, withSeconds); } } },
           y: { beginAtZero: true }
         },
         plugins: {
@@ -96,6 +100,21 @@
     (root || document).querySelectorAll("canvas[data-chart]").forEach(draw);
   }
 
+  // A refreshed fragment replaces its canvases: free the old charts before they go, draw the
+  // new ones once they are in the page.
+  function destroyAll(root) {
+    if (!root || !root.querySelectorAll) return;
+    root.querySelectorAll("canvas[data-chart]").forEach(function (canvas) {
+      if (canvas.chart) {
+        canvas.chart.destroy();
+        canvas.chart = null;
+      }
+    });
+  }
+
   document.addEventListener("DOMContentLoaded", function () { drawAll(document); });
-  document.addEventListener("htmx:afterSwap", function (event) { drawAll(event.target); });
+  document.addEventListener("htmx:beforeSwap", function (event) { destroyAll(event.detail.target); });
+  document.addEventListener("htmx:afterSwap", function (event) {
+    drawAll(event.target && event.target.isConnected ? event.target : document);
+  });
 })();

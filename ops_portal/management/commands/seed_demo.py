@@ -10,10 +10,13 @@ from django.contrib.auth.models import Group, User
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from core import jobs
 from core.actors import Actor
 from core.roles import ROLES
 from environments import services as env_services
 from environments.models import Environment
+from monitoring import services as monitoring_services
+from monitoring.models import AlertPolicy, HealthCheck
 from releases import services as release_services
 from releases.models import Deployment, Release, Service
 
@@ -58,8 +61,13 @@ class Command(BaseCommand):
         parser.add_argument(
             "--no-deploy", action="store_true", help="Do not roll the first release out."
         )
+        parser.add_argument(
+            "--no-scenario",
+            action="store_true",
+            help="Do not send the bad release out in dev after the first one.",
+        )
 
-    def handle(self, *args, run_endpoint, monitoring_endpoint, no_deploy, **options):
+    def handle(self, *args, run_endpoint, monitoring_endpoint, no_deploy, no_scenario, **options):
         actor = Actor.system("seed_demo")
         with transaction.atomic():
             for role in ROLES:
@@ -91,9 +99,28 @@ class Command(BaseCommand):
                 envs.append(env)
             users = self._users()
             service = self._service(actor)
+            self._monitoring(actor, service, envs)
 
         if not no_deploy and not Deployment.objects.filter(service=service).exists():
             self._first_rollout(actor, service, envs, users)
+            if not no_scenario:
+                with transaction.atomic():
+                    job = jobs.enqueue(
+                        "ops_portal.demo.bad_release_scenario",
+                        name="demo: the bad release 1.2.0 goes out in dev",
+                        actor=actor,
+                        queue="default",
+                        params={
+                            "service": service.name,
+                            "environment": "dev",
+                            "good": "1.0.0",
+                            "bad": "1.2.0",
+                        },
+                    )
+                self.stdout.write(
+                    f"job {job.pk}: the bad release goes out in dev once 1.0.0 runs there "
+                    "(watch /deployments/)"
+                )
         self.stdout.write(
             f"demo service '{service.name}': releases "
             f"{', '.join(service.releases.values_list('version', flat=True))}"
@@ -152,6 +179,36 @@ class Command(BaseCommand):
                     commit_sha=secrets.token_hex(20),
                 )
         return service
+
+    def _monitoring(self, actor: Actor, service: Service, envs) -> None:
+        """A health check in every environment and an error-rate alert in production."""
+        for env in envs:
+            if not HealthCheck.objects.filter(service=service, environment=env).exists():
+                monitoring_services.create_health_check(
+                    actor,
+                    service,
+                    env,
+                    path="/healthz",
+                    interval_s=30,
+                    timeout_s=3,
+                    expected_status=200,
+                    failure_threshold=3,
+                )
+        production = next(env for env in envs if env.name == "production")
+        name = "demo: production error rate"
+        if not AlertPolicy.objects.filter(name=name).exists():
+            monitoring_services.create_alert_policy(
+                actor,
+                name=name,
+                service=service,
+                environment=production,
+                metric="error_rate",
+                window_s=60,
+                comparison=">",
+                threshold=0.05,
+                duration_s=60,
+                severity="sev2",
+            )
 
     def _first_rollout(self, actor, service, envs, users) -> None:
         """1.0.0 everywhere, so that canaries have a stable revision to compare with. The
