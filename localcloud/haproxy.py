@@ -52,6 +52,10 @@ defaults
     timeout server 5m
     timeout queue 30s
     timeout http-keep-alive 10s
+    # During a reload the old process keeps serving idle keep-alive connections until their
+    # next response (sent with Connection: close), so a client never writes to a socket that
+    # is closing under it.
+    option idle-close-on-response
     # A request that meets a closing or stopped revision goes to another server instead.
     retries 3
     option redispatch

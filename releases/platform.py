@@ -16,6 +16,8 @@ class PlatformReader(Protocol):
 
     def revision_logs(self, environment, service, **kwargs) -> Any: ...
 
+    def revision_series(self, environment, service: str, revisions, since, until) -> Any: ...
+
 
 _reader: PlatformReader | None = None
 

@@ -4,7 +4,8 @@ The monitoring app keeps the record (checks, results, policies, incidents); this
 reaches the outside world for it: it probes services over HTTP, reads Cloud Monitoring
 through MetricsReader, syncs alert policies into Cloud Monitoring, reads revision logs, and
 rolls back what an incident points at. Monitoring never imports this module; it enqueues its
-jobs by dotted name, and its pages look it up by name for platform reads.
+jobs by dotted name, and its pages read the platform through the reader the agents app
+registers with releases.platform (agents/devops/readers.py).
 
 Platform reads for pages use short timeouts and no retries, and are cached for a few
 seconds: an unreachable platform shows "no data" quickly instead of a slow page.
