@@ -229,21 +229,35 @@ def _check(pk: int) -> HealthCheck:
         raise Http404(f"No health check {pk}.") from None
 
 
+def _submit(request, form, save, done_message, next_url):
+    """For a valid POSTed form: `save(cleaned_data)`, a success message and a redirect to
+    `next_url`. Refusals from the service land on the form's fields; then None."""
+    if request.method != "POST" or not form.is_valid():
+        return None
+    try:
+        saved = save(dict(form.cleaned_data))
+    except DomainError as exc:
+        _show_errors(form, exc)
+        return None
+    messages.success(request, done_message(saved))
+    return redirect(next_url)
+
+
 def alert_policies(request):
     """The policies; a POST (incidents:write) creates one from the form under the list."""
     actor = actor_for(request)
     form = forms.AlertPolicyForm(request.POST or None, auto_id="policy-%s")
-    if request.method == "POST":
-        if not actor.allows(INCIDENTS_WRITE):
-            return _forbidden(request, INCIDENTS_WRITE)
-        if form.is_valid():
-            try:
-                policy = services.create_alert_policy(actor, **form.cleaned_data)
-            except DomainError as exc:
-                _show_errors(form, exc)
-            else:
-                messages.success(request, f"Alert policy {policy.name} created.")
-                return redirect("monitoring:alert-policies")
+    if request.method == "POST" and not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    done = _submit(
+        request,
+        form,
+        lambda data: services.create_alert_policy(actor, **data),
+        lambda policy: f"Alert policy {policy.name} created.",
+        "monitoring:alert-policies",
+    )
+    if done:
+        return done
     policies = AlertPolicy.objects.select_related("service", "environment")
     return render(
         request,
@@ -261,14 +275,15 @@ def alert_policy_edit(request, pk: int):
     form = forms.AlertPolicyForm(
         request.POST or None, initial=forms.AlertPolicyForm.initial_for(policy), auto_id="policy-%s"
     )
-    if request.method == "POST" and form.is_valid():
-        try:
-            policy = services.update_alert_policy(actor, policy, **form.cleaned_data)
-        except DomainError as exc:
-            _show_errors(form, exc)
-        else:
-            messages.success(request, f"Alert policy {policy.name} saved.")
-            return redirect("monitoring:alert-policies")
+    done = _submit(
+        request,
+        form,
+        lambda data: services.update_alert_policy(actor, policy, **data),
+        lambda saved: f"Alert policy {saved.name} saved.",
+        "monitoring:alert-policies",
+    )
+    if done:
+        return done
     return render(
         request,
         "monitoring/alert_policy_form.html",
@@ -292,20 +307,19 @@ def health_checks(request):
     """Every health check with its status; a POST (incidents:write) creates one."""
     actor = actor_for(request)
     form = forms.HealthCheckForm(request.POST or None, auto_id="check-%s")
-    if request.method == "POST":
-        if not actor.allows(INCIDENTS_WRITE):
-            return _forbidden(request, INCIDENTS_WRITE)
-        if form.is_valid():
-            data = dict(form.cleaned_data)
-            try:
-                check = services.create_health_check(
-                    actor, data.pop("service"), data.pop("environment"), **data
-                )
-            except DomainError as exc:
-                _show_errors(form, exc)
-            else:
-                messages.success(request, f"Health check {check} created.")
-                return redirect("monitoring:health-checks")
+    if request.method == "POST" and not actor.allows(INCIDENTS_WRITE):
+        return _forbidden(request, INCIDENTS_WRITE)
+    done = _submit(
+        request,
+        form,
+        lambda data: services.create_health_check(
+            actor, data.pop("service"), data.pop("environment"), **data
+        ),
+        lambda check: f"Health check {check} created.",
+        "monitoring:health-checks",
+    )
+    if done:
+        return done
     checks = HealthCheck.objects.select_related("service", "environment")
     return render(
         request,
@@ -323,14 +337,15 @@ def health_check_edit(request, pk: int):
     form = forms.HealthCheckForm(
         request.POST or None, initial=forms.HealthCheckForm.initial_for(check), auto_id="check-%s"
     )
-    if request.method == "POST" and form.is_valid():
-        try:
-            check = services.update_health_check(actor, check, **form.cleaned_data)
-        except DomainError as exc:
-            _show_errors(form, exc)
-        else:
-            messages.success(request, f"Health check {check} saved.")
-            return redirect("monitoring:health-checks")
+    done = _submit(
+        request,
+        form,
+        lambda data: services.update_health_check(actor, check, **data),
+        lambda saved: f"Health check {saved} saved.",
+        "monitoring:health-checks",
+    )
+    if done:
+        return done
     return render(
         request,
         "monitoring/health_check_form.html",
