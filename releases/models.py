@@ -155,6 +155,9 @@ class Deployment(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Moved by every save. The engine runs a step on the platform without the row lock, then
+    # compares it to tell whether an operator acted meanwhile.
+    version = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -169,6 +172,12 @@ class Deployment(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.release} -> {self.environment.name}"
+
+    def save(self, *args, **kwargs):
+        self.version += 1
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "version"}
+        super().save(*args, **kwargs)
 
     @property
     def is_active(self) -> bool:

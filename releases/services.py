@@ -509,8 +509,11 @@ def platform_state(service: Service, environment: Environment):
 
 
 def _locked(deployment: Deployment) -> Deployment:
+    # FOR NO KEY UPDATE: the engine's open transaction holds a key-share lock on the row while
+    # it records a step (every row pointing at the deployment takes one), and an operator
+    # action must not wait for that step's platform calls.
     return (
-        Deployment.objects.select_for_update()
+        Deployment.objects.select_for_update(no_key=True)
         .select_related("service", "environment", "release")
         .get(pk=deployment.pk)
     )
@@ -632,7 +635,11 @@ def abort(actor: Actor, deployment: Deployment, reason: str = "") -> Deployment:
         why = f"aborted by {actor.label}" + (f": {reason}" if reason else "")
         record_event(d, "abort_requested", why, actor)
         audit.record(actor, "deployment.abort", d, summary={"reason": reason})
-        if d.status in (Status.PENDING, Status.AWAITING_APPROVAL) or not d.new_revision:
+        # A rollback's only step moves traffic, and a tick may be doing it now: the engine
+        # ends it, putting back what that step moved.
+        if d.status in (Status.PENDING, Status.AWAITING_APPROVAL) or not (
+            d.new_revision or d.is_rollback
+        ):
             _finish(d, Status.ABORTED, why)
         else:
             d.step_state = {**d.step_state, "abort": why}

@@ -1,11 +1,16 @@
 """The deployment engine: a durable state machine in PostgreSQL advanced by RQ jobs.
 
-`tick(deployment_id)` runs on the `deploy` queue. It locks the deployment row, runs the
-current step through the Cloud Run adapter, records what happened, and schedules the next
-tick. `reconcile()` (run periodically by `manage.py clock`) re-enqueues every running
-deployment whose tick is overdue, so a lost job, a killed worker or a Redis restart delays a
-rollout but never loses it. Steps are recorded in the same transaction that moves
-`current_step`, so a tick that dies half-way leaves the step to be done again, never twice.
+`tick(deployment_id)` runs on the `deploy` queue. It runs the current step through the Cloud
+Run adapter, records what happened, and schedules the next tick. `reconcile()` (run
+periodically by `manage.py clock`) re-enqueues every running deployment whose tick is overdue,
+so a lost job, a killed worker or a Redis restart delays a rollout but never loses it. Steps
+are recorded in the same transaction that moves `current_step`, so a tick that dies half-way
+leaves the step to be done again, never twice.
+
+Operator actions (abort, pause, promote) lock the deployment row for their own short write;
+the engine never holds that lock while it waits for the platform. One tick at a time per
+deployment is kept by an advisory lock instead, and the row's `version` tells a tick whether
+an operator acted while its step was on the platform.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import time
 from datetime import timedelta
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from agents.devops import deployment_strategies as steps
@@ -61,10 +66,11 @@ def platform_for_environment(
     return _adapters[key]
 
 
-def _load(pk: int, lock: bool) -> Deployment | None:
+def _load(pk: int, lock: bool = False) -> Deployment | None:
     qs = Deployment.objects.select_related("service", "environment", "release", "job")
     if lock:
-        qs = qs.select_for_update(of=("self",))
+        # NO KEY UPDATE, as operator actions take it: neither waits for a key-share lock.
+        qs = qs.select_for_update(of=("self",), no_key=True)
     return qs.filter(pk=pk).first()
 
 
@@ -75,43 +81,93 @@ def _log(d: Deployment, level: int, message: str, *args) -> None:
         JobLogEntry.objects.create(job_id=d.job_id, level=logging.getLevelName(level), message=text)
 
 
-def tick(deployment_id: int) -> str:
-    """One step (or several quick ones) of a deployment; returns its status afterwards."""
-    pre = _load(deployment_id, lock=False)
-    if pre is None or pre.status != Status.RUNNING:
-        return pre.status if pre else "missing"
+# The first key of the engine's advisory locks (the second is the deployment id, a 32-bit
+# key), so that they never meet another advisory lock in the same database.
+TICK_LOCK = 0x7D1C
 
-    # Creating a revision takes seconds to minutes: do it without holding the row lock, so
-    # that an operator's Abort is not kept waiting. Revisions are named by the deployment,
-    # so two ticks racing here make one revision.
-    created = None
-    step = pre.current_step_def or {}
-    if step.get("type") == "deploy" and not pre.step_state.get("abort"):
-        adapter, _ = platform_for(pre)
+
+def _try_lock(deployment_id: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", [TICK_LOCK, deployment_id])
+        return cursor.fetchone()[0]
+
+
+def _unlock(deployment_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [TICK_LOCK, deployment_id])
+
+
+def tick(deployment_id: int) -> str:
+    """Advances a deployment by one step or several quick ones; returns its status afterwards.
+
+    1. Take the deployment's advisory lock, so that one tick at a time advances it. It belongs
+       to the database session: a killed worker's lock goes with its connection. A tick that
+       finds it taken returns; the tick holding it sees anything this one would.
+    2. Run steps (`_run`): each does its platform work without the row lock, which operator
+       actions take, and locks the row only to write its outcome (`_commit`).
+    3. Release the advisory lock. If an operator acted after the last write, the tick their
+       action enqueued may have found the lock taken in 1: go round again for it.
+    """
+    while True:
+        if not _try_lock(deployment_id):
+            status = Deployment.objects.filter(pk=deployment_id).values_list("status", flat=True)
+            return status.first() or "missing"
         try:
-            created = steps.create_revision(pre, adapter)
+            status, version = _run(deployment_id)
+        finally:
+            _unlock(deployment_id)
+        moved = Deployment.objects.filter(pk=deployment_id, status=Status.RUNNING).exclude(
+            version=version
+        )
+        if not moved.exists():
+            return status
+
+
+def _run(deployment_id: int) -> tuple[str, int]:
+    """Runs steps until one has to wait, pause or end the rollout; returns the status and the
+    version of the row as this tick last wrote or read it."""
+    d = _load(deployment_id)
+    if d is None or d.status != Status.RUNNING:
+        return (d.status, d.version) if d else ("missing", 0)
+
+    # Creating a revision takes seconds to minutes: it is done before the step's transaction,
+    # which would otherwise stay open as long. Revisions are named by the deployment, so a
+    # tick that repeats this after a crash finds the revision made before.
+    created = None
+    step = d.current_step_def or {}
+    ending = d.step_state.get("abort") or d.step_state.get("give_up")
+    if step.get("type") == "deploy" and not ending:
+        adapter, _ = platform_for(d)
+        try:
+            created = steps.create_revision(d, adapter)
         except (RevisionNotReady, CloudRunError) as exc:
             created = exc
 
-    try:
-        with transaction.atomic():
-            d = _load(deployment_id, lock=True)
-            if d is None or d.status != Status.RUNNING:
-                return d.status if d else "missing"
-            if d.current_step_def != step and created is not None:
-                created = None  # another tick moved on meanwhile: redo nothing
-            _advance(d, created)
-            return d.status
-    except Exception as exc:
-        return _on_error(deployment_id, exc)
+    for _ in range(MAX_STEPS_PER_TICK):
+        d = _load(deployment_id)
+        if d is None or d.status != Status.RUNNING:
+            return (d.status, d.version) if d else ("missing", 0)
+        try:
+            with transaction.atomic():
+                go_on = _advance(d, created)
+        except Exception as exc:
+            return _on_error(deployment_id, exc)
+        created = None
+        if not go_on:
+            return d.status, d.version
+    with transaction.atomic():
+        d = _load(deployment_id, lock=True)
+        if d.status == Status.RUNNING:
+            release_services.schedule_tick(d, 0)  # quick steps left: let other work in first
+    return d.status, d.version
 
 
-def _on_error(deployment_id: int, exc: Exception) -> str:
+def _on_error(deployment_id: int, exc: Exception) -> tuple[str, int]:
     logger.exception("deployment %s: tick failed", deployment_id)
     with transaction.atomic():
         d = _load(deployment_id, lock=True)
         if d is None or d.status != Status.RUNNING:
-            return d.status if d else "missing"
+            return (d.status, d.version) if d else ("missing", 0)
         errors = int(d.step_state.get("errors", 0)) + 1
         d.step_state = {**d.step_state, "errors": errors}
         message = f"{type(exc).__name__}: {exc}"
@@ -119,11 +175,11 @@ def _on_error(deployment_id: int, exc: Exception) -> str:
             d, "error", f"step {d.current_step + 1} failed ({errors}/{MAX_ERRORS}): {message}"
         )
         if errors >= MAX_ERRORS:
-            _roll_back_traffic(d, f"gave up after {errors} errors: {message}", Status.FAILED)
-        else:
-            d.save(update_fields=["step_state"])
-            release_services.schedule_tick(d, min(2**errors, 30))
-        return d.status
+            # Traffic goes back to stable in the next tick, on the platform like any step.
+            d.step_state["give_up"] = f"gave up after {errors} errors: {message}"
+        d.save(update_fields=["step_state"])
+        release_services.schedule_tick(d, 0 if errors == MAX_ERRORS else min(2**errors, 30))
+        return d.status, d.version
 
 
 def _context(d: Deployment) -> steps.StepContext:
@@ -157,12 +213,23 @@ def _describe(split: dict[str, int]) -> str:
     return ", ".join(f"{rev} {pct}%" for rev, pct in split.items())
 
 
-def _advance(d: Deployment, created) -> None:
-    """Runs steps until one has to wait, pause, fail or the plan is done."""
+def _advance(d: Deployment, created) -> bool:
+    """Runs the current step and writes its outcome; True when the next step can run now.
+
+    Called in a transaction that holds no lock an operator action waits for: the step's
+    records (traffic changes, timeline, analysis) join it, and only `_commit` locks the row.
+    """
+    seen = dict(d.step_state)
     ctx = _context(d)
+    return _commit(d, seen, _step(d, ctx, created), ctx)
+
+
+def _step(d: Deployment, ctx: steps.StepContext, created) -> steps.Outcome:
+    """Does the current step on the platform and records it; changes `d` in memory only."""
     if d.step_state.get("abort"):
-        _roll_back_traffic(d, d.step_state["abort"], Status.ABORTED, ctx)
-        return
+        return _restore_stable(d, ctx, Status.ABORTED, d.step_state["abort"])
+    if d.step_state.get("give_up"):
+        return _restore_stable(d, ctx, Status.FAILED, d.step_state["give_up"])
     if d.step_state.get("promote_full") and d.new_revision:
         # A rollback's plan has no finalize step: then the plan simply ends.
         finalize_at = next(
@@ -172,65 +239,104 @@ def _advance(d: Deployment, created) -> None:
         d.current_step = finalize_at
         ctx.record("promoted", "promoted to 100%: remaining steps skipped")
         d.step_state = {"weight": 100}
+        return steps.Outcome("moved")
 
-    for _ in range(MAX_STEPS_PER_TICK):
+    step = d.current_step_def
+    if step is None:
+        return steps.Outcome(Status.SUCCEEDED)
+    kind = step["type"]
+    if kind == "deploy":
+        outcome = _deploy(d, ctx, created)
+    elif kind == "rollback":
+        outcome = _rollback(d, ctx)
+    elif kind == "finalize":
+        outcome = _finalize(d, ctx, step)
+    else:
+        outcome = steps.EXECUTORS[kind](ctx, d, step)
+    if outcome.kind == "fail":
+        return _restore_stable(d, ctx, Status.FAILED, outcome.reason)
+    return outcome
+
+
+# step_state keys that operator actions write (services.abort, promote, resume).
+REQUESTS = ("abort", "promote_full", "promoted", "resumed")
+
+
+def _commit(d: Deployment, seen: dict, outcome: steps.Outcome, ctx: steps.StepContext) -> bool:
+    """Writes a step's outcome with the row locked; True when the next step can run now.
+
+    When an operator acted while the step was on the platform (the row's version moved), what
+    the step did is recorded all the same, and their request decides what comes next: a pause
+    stops the rollout after this step, an abort or promote is taken up by the next one.
+    """
+    fresh = _load(d.pk, lock=True)
+    changed = fresh.version != d.version
+    if changed and fresh.status in Deployment.FINISHED:
+        # Ended by services.abort before it had a revision: it stays as the operator left it.
+        d.status, d.version = fresh.status, fresh.version
+        return False
+    advanced = outcome.kind in ("next", "moved")
+    if outcome.kind == "next":
         step = d.current_step_def
-        if step is None:
-            _succeed(d, ctx)
-            return
-        kind = step["type"]
-        if kind == "deploy":
-            outcome = _deploy(d, ctx, created)
-            created = None
-        elif kind == "rollback":
-            outcome = _rollback(d, ctx)
-        elif kind == "finalize":
-            _finalize(d, ctx, step)
-            return
-        else:
-            outcome = steps.EXECUTORS[kind](ctx, d, step)
+        ctx.record(
+            "step_done",
+            f"step {d.current_step + 1}/{len(d.steps)} done: "
+            f"{release_services.plans.describe_step(step)}",
+            step=d.current_step,
+        )
+        keep = {k: d.step_state[k] for k in ("weight", "tag_uri") if k in d.step_state}
+        d.current_step += 1
+        d.step_state = keep
+    if changed:
+        # The race that remains: an abort that arrives during a traffic update takes effect
+        # after it, so the new revision may serve the new weight for a moment.
+        d.version, d.status = fresh.version, fresh.status
+        d.reason, d.next_tick_at = fresh.reason, fresh.next_tick_at
+        requests = {k: fresh.step_state[k] for k in REQUESTS if k in fresh.step_state}
+        if requests != {k: seen[k] for k in REQUESTS if k in seen}:
+            # As if the operator had waited for this step: the request applies to the step
+            # the rollout is at now.
+            d.step_state.update(requests)
 
-        if outcome.kind == "next":
-            ctx.record(
-                "step_done",
-                f"step {d.current_step + 1}/{len(d.steps)} done: "
-                f"{release_services.plans.describe_step(step)}",
-                step=d.current_step,
-            )
-            keep = {k: d.step_state[k] for k in ("weight", "tag_uri") if k in d.step_state}
-            d.current_step += 1
-            d.step_state = keep
-            continue
-        if outcome.kind == "wait":
-            d.save(update_fields=["current_step", "step_state", "stable_revision", "new_revision"])
-            release_services.schedule_tick(d, outcome.delay_s)
-            return
-        if outcome.kind == "pause":
-            d.status = Status.PAUSED
-            d.reason = outcome.reason
-            d.next_tick_at = None
-            d.save(
-                update_fields=[
-                    "current_step",
-                    "step_state",
-                    "status",
-                    "reason",
-                    "next_tick_at",
-                    "stable_revision",
-                    "new_revision",
-                ]
-            )
-            ctx.record("paused", outcome.reason)
-            return
-        if outcome.kind == "fail":
-            _roll_back_traffic(d, outcome.reason, Status.FAILED, ctx)
-            return
-    d.save()
-    release_services.schedule_tick(d, 0)
+    if outcome.kind in (Status.FAILED, Status.ABORTED):
+        _end(d, ctx, outcome.kind, outcome.reason)  # traffic is back on stable already
+        return False
+    if outcome.kind == Status.SUCCEEDED and not d.step_state.get("abort"):
+        _succeed(d, ctx)
+        return False
+    if changed or advanced:
+        _save(d)
+        return d.status == Status.RUNNING  # an abort or promote: the next step takes it up
+    if outcome.kind == "wait":
+        _save(d)
+        release_services.schedule_tick(d, outcome.delay_s)
+        return False
+    if outcome.kind == "pause":
+        d.status = Status.PAUSED
+        d.reason = outcome.reason
+        d.next_tick_at = None
+        _save(d)
+        ctx.record("paused", outcome.reason)
+        return False
+    raise ValueError(f"deployment {d.pk}: unknown outcome {outcome.kind!r}")
+
+
+def _save(d: Deployment) -> None:
+    d.save(
+        update_fields=[
+            "current_step",
+            "step_state",
+            "status",
+            "reason",
+            "next_tick_at",
+            "stable_revision",
+            "new_revision",
+        ]
+    )
 
 
 def _deploy(d: Deployment, ctx: steps.StepContext, created) -> steps.Outcome:
-    """Records the revision made outside the lock (or makes it now, on a retried tick)."""
+    """Records the revision made before the step (or makes it now, on a retried tick)."""
     if created is None:
         try:
             created = steps.create_revision(d, ctx.adapter)
@@ -261,7 +367,6 @@ def _deploy(d: Deployment, ctx: steps.StepContext, created) -> steps.Outcome:
             revision=created.revision,
             tag_uri=created.tag_uri,
         )
-    d.save(update_fields=["new_revision", "stable_revision", "step_state"])
     return steps.Outcome.next()
 
 
@@ -282,7 +387,7 @@ def _rollback(d: Deployment, ctx: steps.StepContext) -> steps.Outcome:
     return steps.Outcome.next()
 
 
-def _finalize(d: Deployment, ctx: steps.StepContext, step: dict) -> None:
+def _finalize(d: Deployment, ctx: steps.StepContext, step: dict) -> steps.Outcome:
     tag = next((s.get("tag") for s in d.steps if s["type"] == "deploy"), None)
     if tag and not d.is_rollback:
         try:
@@ -296,11 +401,11 @@ def _finalize(d: Deployment, ctx: steps.StepContext, step: dict) -> None:
             f"{step['keep_previous_s']:g} s",
         )
     d.current_step = len(d.steps)
-    _succeed(d, ctx)
+    return steps.Outcome(Status.SUCCEEDED)
 
 
 def _succeed(d: Deployment, ctx: steps.StepContext) -> None:
-    d.save(update_fields=["current_step", "step_state", "stable_revision", "new_revision"])
+    _save(d)
     release_services._finish(d, Status.SUCCEEDED, "")
     if d.is_rollback and d.rollback_of_id:
         previous = Deployment.objects.get(pk=d.rollback_of_id)
@@ -313,11 +418,10 @@ def _succeed(d: Deployment, ctx: steps.StepContext) -> None:
     logger.info("deployment %s: succeeded", d.pk)
 
 
-def _roll_back_traffic(
-    d: Deployment, reason: str, status: str, ctx: steps.StepContext | None = None
-) -> None:
-    """All traffic back to the stable revision, then the deployment ends with `status`."""
-    ctx = ctx or _context(d)
+def _restore_stable(
+    d: Deployment, ctx: steps.StepContext, status: str, reason: str
+) -> steps.Outcome:
+    """All traffic back to the stable revision; the outcome ends the rollout with `status`."""
     if d.new_revision and not d.stable_revision:
         # The first revision of the service serves everything; say so rather than let the
         # reason suggest traffic went back somewhere.
@@ -343,7 +447,12 @@ def _roll_back_traffic(
                 ctx.adapter.remove_tag(d.service.name, tag)
             except CloudRunError:
                 pass
-    d.save(update_fields=["current_step", "step_state", "stable_revision", "new_revision"])
+    return steps.Outcome(status, reason=reason)
+
+
+def _end(d: Deployment, ctx: steps.StepContext, status: str, reason: str) -> None:
+    """The deployment ends with `status`, its traffic back on stable (`_restore_stable`)."""
+    _save(d)
     release_services._finish(d, status, reason)
     ctx.record(status, reason)
     logger.warning("deployment %s: %s: %s", d.pk, status, reason)
@@ -363,14 +472,15 @@ def reconcile(now=None, grace_s: float = 15) -> list[int]:
         with transaction.atomic():
             # Checked again under the lock: a tick that ran since the query above may have
             # finished the deployment or scheduled its next tick, and enqueuing one more
-            # then would start a second chain of ticks.
+            # then would start a second chain of ticks. (A tick enqueued while another runs
+            # finds the advisory lock taken and returns.)
             d = (
                 Deployment.objects.select_for_update(skip_locked=True)
                 .filter(pk=pk, status=Status.RUNNING, next_tick_at__lt=cutoff)
                 .first()
             )
             if d is None:
-                continue  # a tick holds it (it is not lost), or one ran meanwhile
+                continue  # a tick is writing it (it is not lost), or one ran meanwhile
             logger.warning(
                 "deployment %s: tick overdue since %s, enqueued again", pk, d.next_tick_at
             )

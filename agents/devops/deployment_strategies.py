@@ -1,9 +1,11 @@
 """What each step of a deployment plan does on the platform, and the analysis of metrics.
 
-Executors run inside the engine's tick (agents/devops/cd_pipeline.py) with the deployment
-row locked; each returns an Outcome telling the engine what comes next. They are safe to run
-again after a crash: traffic updates set absolute percentages, and revisions are named by the
-deployment, so a repeated step changes nothing the first run did not.
+Executors run inside the engine's tick (agents/devops/cd_pipeline.py), in a transaction that
+records what they do, without the deployment row lock (an operator's Abort must not wait for
+the platform); they change the deployment in memory and return an Outcome telling the engine
+what comes next. They are safe to run again after a crash: traffic updates set absolute
+percentages, and revisions are named by the deployment, so a repeated step changes nothing
+the first run did not.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Outcome:
-    kind: str  # "next", "wait", "pause", "fail", "done"
+    kind: str  # "next", "wait", "pause", "fail"; the engine's own: "moved" and final statuses
     delay_s: float = 0.0
     reason: str = ""
     data: dict = field(default_factory=dict)
@@ -83,7 +85,7 @@ def artifact_for(deployment: Deployment, adapter: CloudRunAdapter) -> str | list
 
 
 def create_revision(deployment: Deployment, adapter: CloudRunAdapter) -> RevisionResult:
-    """The slow part of the deploy step; the engine calls it without holding the row lock."""
+    """The slow part of the deploy step; the engine calls it before the step's transaction."""
     step = deployment.steps[deployment.current_step]
     return adapter.create_revision(
         deployment.service.name,

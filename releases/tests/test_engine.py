@@ -1,11 +1,13 @@
 """The deployment engine end to end on localcloud: pauses and promotion, abort, analysis
-that cannot decide, a revision that crashes, and the durability promises (a killed worker or
-a lost tick delays a rollout, never loses it, never runs a step twice)."""
+that cannot decide, a revision that crashes, operator actions that do not wait for the
+platform, and the durability promises (a killed worker or a lost tick delays a rollout, never
+loses it, never runs a step twice)."""
 
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -181,6 +183,117 @@ def test_an_analysis_resumed_under_load_passes(environments, demo_service, admin
 
     assert d.status == S.SUCCEEDED, d.reason
     assert list(d.analyses.values_list("result", flat=True)) == ["inconclusive", "passed"]
+
+
+# Operator actions while the engine waits for the platform
+
+
+def slow_first_traffic_update(monkeypatch, d: Deployment, seconds: float) -> threading.Event:
+    """Makes the engine's next traffic update take `seconds` longer (the real update still
+    happens, after the wait); the event is set when it starts."""
+    adapter, _ = cd_pipeline.platform_for(d)
+    real = adapter.set_traffic
+    started = threading.Event()
+
+    def set_traffic(service, split):
+        if not started.is_set():
+            started.set()
+            time.sleep(seconds)
+        return real(service, split)
+
+    monkeypatch.setattr(adapter, "set_traffic", set_traffic)
+    return started
+
+
+def in_thread(target, *args) -> threading.Thread:
+    """Runs target in a thread with its own database connection, as another process would."""
+
+    def run():
+        try:
+            target(*args)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_an_abort_during_a_slow_traffic_update_answers_at_once(
+    environments, demo_service, admin_actor, monkeypatch
+):
+    dev = environments["dev"]
+    first = first_release(admin_actor, demo_service, dev)
+    d = canary(admin_actor, demo_service, dev, [{"set_weight": 30}, {"pause": {}}])
+    updating = slow_first_traffic_update(monkeypatch, d, seconds=5)
+    took = []
+
+    def abort_while_updating():
+        assert updating.wait(60)
+        started = time.monotonic()
+        services.abort(admin_actor, Deployment.objects.get(pk=d.pk), reason="pager")
+        took.append(time.monotonic() - started)
+
+    operator = in_thread(abort_while_updating)
+    d = wait_for(d, {S.ABORTED, S.FAILED, S.SUCCEEDED}, 60)
+    operator.join(10)
+
+    assert took and took[0] < 2, took  # it did not wait for the 5 s update
+    assert (d.status, d.reason) == (S.ABORTED, "aborted by tests: pager")
+    # The update under way when the abort came is on the record, then traffic went back.
+    assert percents(d) == [30, 0]
+    assert [t.split for t in d.traffic.all()][-1] == {first.new_revision: 100}
+    state = services.platform_state(demo_service["service"], dev)
+    assert state.percent(first.new_revision) == 100
+    assert "canary" not in state.tag_uris
+
+
+def test_a_promote_during_a_slow_traffic_update_is_not_lost(
+    environments, demo_service, admin_actor, monkeypatch
+):
+    dev = environments["dev"]
+    first_release(admin_actor, demo_service, dev)
+    d = canary(
+        admin_actor, demo_service, dev, [{"set_weight": 30}, {"pause": {}}, {"set_weight": 60}]
+    )
+    updating = slow_first_traffic_update(monkeypatch, d, seconds=3)
+
+    def promote_while_updating():
+        assert updating.wait(60)
+        services.promote(admin_actor, Deployment.objects.get(pk=d.pk))
+
+    operator = in_thread(promote_while_updating)
+    d = wait_for(d, DONE, 60)
+    operator.join(10)
+
+    # Applied where the rollout stood once the update was recorded: the pause.
+    assert d.status == S.SUCCEEDED, d.reason
+    assert percents(d) == [30, 60, 100]
+    assert set(steps_done(d).values()) == {1}
+
+
+def test_two_ticks_racing_do_a_step_once(environments, demo_service, admin_actor, monkeypatch):
+    dev = environments["dev"]
+    first_release(admin_actor, demo_service, dev)
+    d = canary(admin_actor, demo_service, dev, [{"set_weight": 30}, {"pause": {}}])
+    updating = slow_first_traffic_update(monkeypatch, d, seconds=3)
+    statuses = {}
+
+    def run_tick(name):
+        statuses[name] = cd_pipeline.tick(d.pk)
+
+    first = in_thread(run_tick, "first")
+    assert updating.wait(60)
+    second = in_thread(run_tick, "second")
+    second.join(10)
+    assert first.is_alive()  # the second tick did not wait for the first one's update
+    first.join(30)
+
+    assert statuses == {"first": S.PAUSED, "second": S.RUNNING}
+    d = wait_for(d, DONE, 30)  # the tick enqueued when it was requested finds nothing to do
+    assert (d.status, percents(d)) == (S.PAUSED, [30])
+    assert list(steps_done(d).values()) == [1, 1]
+    assert d.events.filter(kind="revision_ready").count() == 1
 
 
 # A revision that does not start
