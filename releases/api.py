@@ -14,6 +14,7 @@ from releases.serializers import (
     DeploymentDetailSerializer,
     DeploymentListSerializer,
     DeployRequestSerializer,
+    OverrideSerializer,
     PromoteSerializer,
     ReasonSerializer,
     ReleaseSerializer,
@@ -174,7 +175,7 @@ class DeploymentAction(APIView):
         "pause": (DEPLOYMENTS_WRITE, None),
         "resume": (DEPLOYMENTS_WRITE, None),
         "abort": (DEPLOYMENTS_WRITE, ReasonSerializer),
-        "retry": (DEPLOYMENTS_WRITE, None),
+        "retry": (DEPLOYMENTS_WRITE, OverrideSerializer),
     }
 
     @property

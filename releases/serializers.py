@@ -78,6 +78,12 @@ class ReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, default="", allow_blank=True, max_length=300)
 
 
+class OverrideSerializer(serializers.Serializer):
+    override_reason = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=300
+    )
+
+
 class PromoteSerializer(serializers.Serializer):
     full = serializers.BooleanField(required=False, default=False)
 

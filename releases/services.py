@@ -649,14 +649,22 @@ def abort(actor: Actor, deployment: Deployment, reason: str = "") -> Deployment:
     return d
 
 
-def retry(actor: Actor, deployment: Deployment) -> Deployment:
+def retry(actor: Actor, deployment: Deployment, override_reason: str = "") -> Deployment:
     """A new deployment of the same release, strategy and steps (a retried rollback is a
-    rollback again: no promotion order, no approval)."""
+    rollback again: no promotion order, no approval). An admin's override reason lifts the
+    promotion order and a freeze again, as for a new request."""
     _require(actor, DEPLOYMENTS_WRITE)
     d = deployment
     _refuse_state(d, "retry", (Status.FAILED, Status.ABORTED))
     check = check_deployment(
-        actor, d.service, d.environment, d.release, d.strategy, None, is_rollback=d.is_rollback
+        actor,
+        d.service,
+        d.environment,
+        d.release,
+        d.strategy,
+        None,
+        override_reason=override_reason,
+        is_rollback=d.is_rollback,
     )
     check.steps = d.steps
     if check.refusals:
@@ -670,6 +678,7 @@ def retry(actor: Actor, deployment: Deployment) -> Deployment:
         d.release,
         d.strategy,
         check,
+        override_reason=override_reason,
         is_rollback=d.is_rollback,
         rollback_of=d.rollback_of,
     )

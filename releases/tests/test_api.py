@@ -781,3 +781,24 @@ def test_rollback_by_environment_path_names_an_unknown_environment(web, oscar, a
     nothing = api.post("/api/v1/services/web/environments/dev/rollback/", {}, format="json")
     assert nothing.status_code == 409
     assert error(nothing)["code"] == "nothing_to_roll_back"
+
+
+def test_retry_of_an_overridden_deployment_takes_an_admin_override_again(
+    web, alice, oscar, api_for
+):
+    # 2.0.0 never succeeded in dev: its staging deployment needed the admin's override.
+    failed = deployment("2.0.0", "staging", S.FAILED, override_reason="hotfix")
+
+    refused = api_for(oscar).post(f"{DEPLOYMENTS}{failed.pk}/retry/", {}, format="json")
+    assert refused.status_code == 400
+    assert error(refused)["code"] == "promotion_order"
+
+    again = api_for(alice).post(
+        f"{DEPLOYMENTS}{failed.pk}/retry/",
+        {"override_reason": "hotfix, second try"},
+        format="json",
+    )
+    assert again.status_code == 201, again.json()
+    retried = Deployment.objects.get(pk=again.json()["id"])
+    assert retried.override_reason == "hotfix, second try"
+    assert retried.steps == failed.steps
