@@ -58,7 +58,7 @@ class LogFilterForm(forms.Form):
     since = forms.DateTimeField(
         required=False, widget=forms.DateTimeInput(attrs={"type": "datetime-local"})
     )
-    revision = forms.CharField(required=False, max_length=100)
+    revision = forms.CharField(required=False, max_length=300)
 
 
 def _by_name(model):

@@ -705,11 +705,12 @@ def revision_logs(
     query: str | None = None,
     limit: int = 200,
 ) -> dict:
-    """Log lines of a revision (or of every revision serving traffic), newest last."""
+    """Log lines of a revision (or several, comma-separated; or every revision serving
+    traffic), newest last."""
     adapter = _quick_adapter(environment)
     try:
         if revision:
-            revisions = [revision]
+            revisions = [r.strip() for r in revision.split(",") if r.strip()]
         else:
             state = adapter.get_service_state(service)
             revisions = [t.revision for t in state.traffic if t.revision and t.percent] or [

@@ -139,3 +139,11 @@ def test_a_canary_on_localcloud_is_charted_against_stable(
     assert max(v for _, v in errors[stable]) == 0
     assert set(data["series"]["latency"]["p95"]) == {new, stable}
     assert data["since"] <= errors[new][0][0] <= data["until"]
+
+    # Below the chart, the logs of both revisions since the deployment was requested: the
+    # bad revision's start line is there, read from localcloud.
+    tag = page[page.index('<div id="deploy-logs"') :]
+    logs_url = unescape(tag.split('hx-get="', 1)[1].split('"', 1)[0])
+    assert f"revision={bad.new_revision},{bad.stable_revision}" in logs_url
+    logs = browser.get(logs_url, HTTP_HX_REQUEST="true").content.decode()
+    assert "listening on port" in logs and bad.new_revision in logs
