@@ -424,34 +424,25 @@ def test_it_keeps_alert_policies(alerts, tmp_path, request_log):
     assert list(alerts.list_alert_policies(name=PROJECT)) == []
 
 
-def test_request_metrics_are_kept_apart_per_project(tmp_path):
+def test_request_metrics_are_kept_apart_per_project(client, request_log):
     """Environments are projects: the same service name in two projects has two sets of
     numbers."""
-    log = RequestLog(tmp_path / "r.jsonl")
     now = time.time()
     for i in range(30):
-        log.append(RequestRecord(now - 5 + i * 0.1, "web", "web-a", None, 200, 5.0, "dev"))
+        request_log.append(RequestRecord(now - 5 + i * 0.1, "web", "web-a", None, 200, 5.0, "dev"))
     for i in range(10):
-        log.append(RequestRecord(now - 5 + i * 0.1, "web", "web-b", None, 500, 5.0, "prod"))
-    server, port = serve(0, log, tmp_path)
-    try:
-        client = monitoring_v3.MetricServiceClient(
-            transport=MetricServiceGrpcTransport(channel=grpc.insecure_channel(f"127.0.0.1:{port}"))
+        request_log.append(RequestRecord(now - 5 + i * 0.1, "web", "web-b", None, 500, 5.0, "prod"))
+
+    def total(project):
+        series = client.list_time_series(
+            name=f"projects/{project}",
+            filter=f'metric.type = "{COUNT}" AND resource.labels.service_name = "web"',
+            interval={
+                "start_time": {"seconds": int(now) - 60},
+                "end_time": {"seconds": int(now) + 1},
+            },
+            view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
         )
+        return sum(p.value.int64_value for s in series for p in s.points)
 
-        def total(project):
-            series = client.list_time_series(
-                name=f"projects/{project}",
-                filter='metric.type = "run.googleapis.com/request_count" AND '
-                'resource.labels.service_name = "web"',
-                interval={
-                    "start_time": {"seconds": int(now) - 60},
-                    "end_time": {"seconds": int(now) + 1},
-                },
-                view=monitoring_v3.ListTimeSeriesRequest.TimeSeriesView.FULL,
-            )
-            return sum(p.value.int64_value for s in series for p in s.points)
-
-        assert (total("dev"), total("prod"), total("other")) == (30, 10, 0)
-    finally:
-        server.stop(0)
+    assert (total("dev"), total("prod"), total("other")) == (30, 10, 0)
