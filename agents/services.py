@@ -7,7 +7,6 @@ from django.db import transaction
 from agents.base import get_action
 from core import audit, jobs
 from core.actors import Actor
-from core.errors import PermissionRefused
 from core.models import Job
 from core.roles import ACTIONS_RUN
 
@@ -17,8 +16,7 @@ logger = logging.getLogger(__name__)
 def start_action(actor: Actor, agent: str, action: str, params: dict | None) -> Job:
     spec = get_action(agent, action)
     for scope in filter(None, (ACTIONS_RUN, spec.scope)):
-        if not actor.allows(scope):
-            raise PermissionRefused(actor.missing_scope_message(scope))
+        actor.require(scope)
     cleaned = spec.validate(params)
 
     with transaction.atomic():

@@ -29,6 +29,13 @@ class Actor:
     def allows(self, scope: str) -> bool:
         return roles.ADMIN in self.scopes or scope in self.scopes
 
+    def require(self, scope: str) -> None:
+        """Raises PermissionRefused, naming what is missing, unless this actor has `scope`."""
+        from core.errors import PermissionRefused
+
+        if not self.allows(scope):
+            raise PermissionRefused(self.missing_scope_message(scope))
+
     @property
     def is_admin(self) -> bool:
         return roles.ADMIN in self.scopes

@@ -20,6 +20,19 @@ class ValidationFailed(DomainError):
     code = "invalid"
 
 
+def validate_model(obj, what: str, **options) -> None:
+    """Runs the model's field validation; its errors become ValidationFailed naming each field.
+    Uniqueness is left to the database (callers turn IntegrityError into a 409)."""
+    from django.core.exceptions import ValidationError
+
+    try:
+        obj.full_clean(validate_unique=False, **options)
+    except ValidationError as exc:
+        raise ValidationFailed(
+            f"Invalid {what}: " + ", ".join(exc.message_dict), fields=exc.message_dict
+        ) from None
+
+
 class PermissionRefused(DomainError):
     status = 403
     code = "permission_denied"

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from core import audit, crypto
 from core.actors import Actor
-from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFailed
+from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFailed, validate_model
 from core.roles import ADMIN, ENVIRONMENTS_WRITE, SECRETS_WRITE
 from environments.models import (
     KEY_RE,
@@ -58,17 +58,12 @@ def get_environment(name: str) -> Environment:
         ) from None
 
 
-def _require(actor: Actor, scope: str) -> None:
-    if not actor.allows(scope):
-        raise PermissionRefused(actor.missing_scope_message(scope))
-
-
 def check_change_allowed(
     actor: Actor, environment: Environment, override_reason: str | None = None, *, scope: str
 ) -> str | None:
     """Raises unless `actor` may change `environment` now; returns the freeze override reason
     when one was used (to be audited)."""
-    _require(actor, scope)
+    actor.require(scope)
     if environment.protected and not actor.is_admin:
         raise PermissionRefused(
             f"{environment.name} is protected: its configuration changes need the admin role"
@@ -94,7 +89,7 @@ def check_change_allowed(
 
 
 def create_environment(actor: Actor, name: str, **fields) -> Environment:
-    _require(actor, ADMIN)
+    actor.require(ADMIN)
     if name in RESERVED_NAMES:
         raise ValidationFailed(
             f"{name!r} is reserved for a page of the portal.",
@@ -104,7 +99,7 @@ def create_environment(actor: Actor, name: str, **fields) -> Environment:
     if env.order is None:
         last = Environment.objects.order_by("-order").values_list("order", flat=True).first()
         env.order = (last or 0) + 10
-    _full_clean(env)
+    validate_model(env, "environment")
     with transaction.atomic():
         try:
             env.save()
@@ -124,7 +119,7 @@ def create_environment(actor: Actor, name: str, **fields) -> Environment:
 
 
 def update_environment(actor: Actor, environment: Environment, **fields) -> Environment:
-    _require(actor, ADMIN)
+    actor.require(ADMIN)
     unknown = set(fields) - set(ENVIRONMENT_FIELDS)
     if unknown:
         raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
@@ -135,7 +130,7 @@ def update_environment(actor: Actor, environment: Environment, **fields) -> Envi
             if getattr(env, key) != value:
                 changes[key] = {"from": getattr(env, key), "to": value}
                 setattr(env, key, value)
-        _full_clean(env)
+        validate_model(env, "environment")
         if changes:
             try:
                 with transaction.atomic():
@@ -147,17 +142,6 @@ def update_environment(actor: Actor, environment: Environment, **fields) -> Envi
             audit.record(actor, "environment.update", env, summary=changes)
             logger.info("environment %s: updated %s", env.name, sorted(changes))
     return env
-
-
-def _full_clean(obj) -> None:
-    from django.core.exceptions import ValidationError
-
-    try:
-        obj.full_clean(validate_unique=False)
-    except ValidationError as exc:
-        raise ValidationFailed(
-            "Invalid environment: " + ", ".join(exc.message_dict), fields=exc.message_dict
-        ) from None
 
 
 # Freeze windows
@@ -175,7 +159,7 @@ def add_freeze_window(
     end_time: time | None = None,
 ) -> FreezeWindow:
     """A one-off window (starts_at, ends_at) or a weekly one (weekday, start_time, end_time)."""
-    _require(actor, ENVIRONMENTS_WRITE)
+    actor.require(ENVIRONMENTS_WRITE)
     errors: dict[str, list[str]] = {}
     if not (reason or "").strip():
         errors["reason"] = ["Say why changes are frozen."]
@@ -228,7 +212,7 @@ def get_freeze_window(environment: Environment, pk: int) -> FreezeWindow:
 
 def remove_freeze_window(actor: Actor, window: FreezeWindow, reason: str = "") -> None:
     """Lifting a freeze is an admin's call."""
-    _require(actor, ADMIN)
+    actor.require(ADMIN)
     with transaction.atomic():
         audit.record(
             actor,

@@ -22,7 +22,7 @@ from django.utils import timezone
 
 from core import audit, jobs
 from core.actors import Actor
-from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFailed
+from core.errors import Conflict, NotFoundError, ValidationFailed
 from core.models import AuditEvent
 from core.roles import ENVIRONMENTS_WRITE, INCIDENTS_WRITE
 from environments import services as env_services
@@ -51,11 +51,6 @@ WHAT_CHANGED_WINDOW = timedelta(hours=24)
 SYNC_JOB = "agents.devops.health.sync_alert_policy"
 DELETE_SYNC_JOB = "agents.devops.health.delete_alert_policy"
 NOTIFY_JOB = "monitoring.jobs.deliver_notification"
-
-
-def _require(actor: Actor, scope: str) -> None:
-    if not actor.allows(scope):
-        raise PermissionRefused(actor.missing_scope_message(scope))
 
 
 # Incidents: reading
@@ -269,7 +264,7 @@ def open_incident(
        keys makes a racing second opener fall back to step 2.
     """
     if check_scope:
-        _require(actor, INCIDENTS_WRITE)
+        actor.require(INCIDENTS_WRITE)
     title = _clean_text(title, "title", 200, required=True)
     description = _clean_text(description, "description", 10000, required=False)
     key = _clean_text(key, "key", 200, required=False)
@@ -370,7 +365,7 @@ def add_event(
     actor: Actor, incident: Incident, kind: str, message: str, data: dict | None = None
 ) -> IncidentEvent:
     """A note, or an event an agent reports (alert fired, remediation taken, ...)."""
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     if kind not in IncidentEvent.POSTABLE:
         raise ValidationFailed(
             "Invalid kind.",
@@ -386,7 +381,7 @@ def add_event(
 
 
 def acknowledge(actor: Actor, incident: Incident) -> Incident:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     with transaction.atomic():
         i = _locked(incident)
         if i.state not in Incident.UNACKNOWLEDGED:
@@ -406,7 +401,7 @@ def acknowledge(actor: Actor, incident: Incident) -> Incident:
 
 
 def resolve(actor: Actor, incident: Incident, note: str = "") -> Incident:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     note = _clean_text(note, "note", 10000, required=False)
     with transaction.atomic():
         i = _locked(incident)
@@ -425,7 +420,7 @@ def resolve(actor: Actor, incident: Incident, note: str = "") -> Incident:
 
 
 def reopen(actor: Actor, incident: Incident, reason: str = "") -> Incident:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     reason = _clean_text(reason, "reason", 10000, required=False)
     try:
         with transaction.atomic():
@@ -455,7 +450,7 @@ def reopen(actor: Actor, incident: Incident, reason: str = "") -> Incident:
 def update_incident(actor: Actor, incident: Incident, **fields) -> Incident:
     """Changes the commander (a username, or "" for none), severity, title, description, and,
     once resolved, the postmortem fields."""
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     allowed = {"commander", "severity", "title", "description", *POSTMORTEM_FIELDS}
     unknown = set(fields) - allowed
     if unknown:
@@ -541,7 +536,7 @@ def remediate_rollback(
     actor: Actor, incident: Incident, service: str, environment: str
 ) -> Deployment:
     """Rolls the service's last deployment back in that environment; on the timeline."""
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     svc, env = _affected_pair(incident, service, environment)
     reason = f"incident #{incident.pk}: {incident.title}"
     deployment = release_services.rollback(actor, svc, env, reason=reason)
@@ -575,8 +570,8 @@ def remediate_freeze(
 ):
     """Freezes deployments in the environment for `hours`. Freeze windows are per environment:
     this holds every service there, not only the incident's."""
-    _require(actor, INCIDENTS_WRITE)
-    _require(actor, ENVIRONMENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
+    actor.require(ENVIRONMENTS_WRITE)
     svc, env = _affected_pair(incident, service, environment)
     now = timezone.now()
     with transaction.atomic():
@@ -744,7 +739,7 @@ def _check_policy(policy: AlertPolicy) -> None:
 
 
 def create_alert_policy(actor: Actor, **fields) -> AlertPolicy:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     unknown = set(fields) - set(POLICY_FIELDS)
     if unknown:
         raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
@@ -766,7 +761,7 @@ def create_alert_policy(actor: Actor, **fields) -> AlertPolicy:
 
 
 def update_alert_policy(actor: Actor, policy: AlertPolicy, **fields) -> AlertPolicy:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     unknown = set(fields) - set(POLICY_FIELDS)
     if unknown:
         raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
@@ -795,7 +790,7 @@ def update_alert_policy(actor: Actor, policy: AlertPolicy, **fields) -> AlertPol
 
 
 def delete_alert_policy(actor: Actor, policy: AlertPolicy) -> None:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     with transaction.atomic():
         audit.record(actor, "alert_policy.delete", policy, summary=_policy_summary(policy))
         if policy.cloud_name:
@@ -1051,7 +1046,7 @@ def _save_check(check: HealthCheck) -> None:
 def create_health_check(
     actor: Actor, service: Service, environment: Environment, **fields
 ) -> HealthCheck:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     unknown = set(fields) - set(HEALTH_FIELDS)
     if unknown:
         raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
@@ -1071,7 +1066,7 @@ def create_health_check(
 
 def update_health_check(actor: Actor, check: HealthCheck, **fields) -> HealthCheck:
     """Changes a check's fields, service or environment; the audit event lists what changed."""
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     unknown = set(fields) - {"service", "environment", *HEALTH_FIELDS}
     if unknown:
         raise ValidationFailed("Unknown fields.", fields={k: ["Unknown field."] for k in unknown})
@@ -1093,7 +1088,7 @@ def update_health_check(actor: Actor, check: HealthCheck, **fields) -> HealthChe
 
 
 def delete_health_check(actor: Actor, check: HealthCheck) -> None:
-    _require(actor, INCIDENTS_WRITE)
+    actor.require(INCIDENTS_WRITE)
     with transaction.atomic():
         audit.record(actor, "health_check.delete", check, summary={"path": check.path})
         pk = check.pk

@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from core import audit, jobs
 from core.actors import Actor
-from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFailed
+from core.errors import Conflict, NotFoundError, PermissionRefused, ValidationFailed, validate_model
 from core.models import Job
 from core.roles import APPROVE, DEPLOYMENTS_WRITE, RELEASES_WRITE
 from environments.models import Environment
@@ -38,22 +38,6 @@ TICK = "agents.devops.cd_pipeline.tick"
 Status = Deployment.Status
 
 
-def _require(actor: Actor, scope: str) -> None:
-    if not actor.allows(scope):
-        raise PermissionRefused(actor.missing_scope_message(scope))
-
-
-def _full_clean(obj, what: str) -> None:
-    from django.core.exceptions import ValidationError
-
-    try:
-        obj.full_clean(validate_unique=False, validate_constraints=False)
-    except ValidationError as exc:
-        raise ValidationFailed(
-            f"Invalid {what}: " + ", ".join(exc.message_dict), fields=exc.message_dict
-        ) from None
-
-
 # Services and releases
 
 
@@ -67,7 +51,7 @@ def get_service(name: str) -> Service:
 
 
 def register_service(actor: Actor, name: str, **fields) -> Service:
-    _require(actor, RELEASES_WRITE)
+    actor.require(RELEASES_WRITE)
     allowed = {
         "description",
         "repository_url",
@@ -77,7 +61,7 @@ def register_service(actor: Actor, name: str, **fields) -> Service:
         "owners",
     }
     service = Service(name=name, **{k: v for k, v in fields.items() if k in allowed})
-    _full_clean(service, "service")
+    validate_model(service, "service", validate_constraints=False)
     if service.default_steps:
         for strategy, params in service.default_steps.items():
             plans.build_plan(strategy, params)
@@ -111,7 +95,7 @@ def register_release(
     ci_url: str = "",
     notes: str = "",
 ) -> Release:
-    _require(actor, RELEASES_WRITE)
+    actor.require(RELEASES_WRITE)
     errors: dict[str, list[str]] = {}
     if env is not None and (
         not isinstance(env, dict)
@@ -133,7 +117,7 @@ def register_release(
         notes=notes,
         created_by=actor.label,
     )
-    _full_clean(release, "release")
+    validate_model(release, "release", validate_constraints=False)
     with transaction.atomic():
         try:
             with transaction.atomic():
@@ -320,7 +304,7 @@ def request_deployment(
        with its first tick enqueued after commit. The database's unique constraint decides
        between two requests racing for the same service and environment.
     """
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     if release.service_id != service.pk:
         raise ValidationFailed(
             f"Release {release.version} belongs to {release.service.name}.",
@@ -527,7 +511,7 @@ def _refuse_state(d: Deployment, action: str, allowed) -> None:
 
 
 def approve(actor: Actor, deployment: Deployment) -> Deployment:
-    _require(actor, APPROVE)
+    actor.require(APPROVE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "approve", (Status.AWAITING_APPROVAL,))
@@ -546,7 +530,7 @@ def approve(actor: Actor, deployment: Deployment) -> Deployment:
 
 
 def reject(actor: Actor, deployment: Deployment, reason: str = "") -> Deployment:
-    _require(actor, APPROVE)
+    actor.require(APPROVE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "reject", (Status.AWAITING_APPROVAL,))
@@ -578,7 +562,7 @@ def _finish(d: Deployment, status: str, reason: str) -> None:
 
 def promote(actor: Actor, deployment: Deployment, full: bool = False) -> Deployment:
     """Ends the current pause (or, with full, skips the remaining steps to 100%)."""
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "promote", (Status.RUNNING, Status.PAUSED))
@@ -597,7 +581,7 @@ def promote(actor: Actor, deployment: Deployment, full: bool = False) -> Deploym
 
 
 def pause(actor: Actor, deployment: Deployment) -> Deployment:
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "pause", (Status.RUNNING,))
@@ -611,7 +595,7 @@ def pause(actor: Actor, deployment: Deployment) -> Deployment:
 
 
 def resume(actor: Actor, deployment: Deployment) -> Deployment:
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "resume", (Status.PAUSED,))
@@ -628,7 +612,7 @@ def resume(actor: Actor, deployment: Deployment) -> Deployment:
 
 def abort(actor: Actor, deployment: Deployment, reason: str = "") -> Deployment:
     """Stops the rollout; the engine puts all traffic back on the stable revision."""
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     with transaction.atomic():
         d = _locked(deployment)
         _refuse_state(d, "abort", Deployment.ACTIVE)
@@ -653,7 +637,7 @@ def retry(actor: Actor, deployment: Deployment, override_reason: str = "") -> De
     """A new deployment of the same release, strategy and steps (a retried rollback is a
     rollback again: no promotion order, no approval). An admin's override reason lifts the
     promotion order and a freeze again, as for a new request."""
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     d = deployment
     _refuse_state(d, "retry", (Status.FAILED, Status.ABORTED))
     check = check_deployment(
@@ -693,7 +677,7 @@ def rollback(
     2. Abort an active rollout of the service first (its traffic goes back to stable).
     3. Create a rollback deployment that skips analysis and approval.
     """
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     done = list(
         Deployment.objects.filter(service=service, environment=environment, status=Status.SUCCEEDED)
         .exclude(new_revision="")
@@ -751,7 +735,7 @@ def save_analysis_template(
     actor: Actor, name: str, metrics: list, description: str = "", **_
 ) -> AnalysisTemplate:
     """Creates or replaces an analysis template after checking every metric."""
-    _require(actor, DEPLOYMENTS_WRITE)
+    actor.require(DEPLOYMENTS_WRITE)
     errors: dict[str, list[str]] = {}
     if not isinstance(metrics, list) or not metrics:
         errors["metrics"] = ["Expected a non-empty list of metric checks."]
